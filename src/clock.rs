@@ -1,0 +1,111 @@
+//! Time: the one place where "now" comes from and where timestamps are
+//! formatted, so that every comparison can later move to a skew-free clock
+//! (DESIGN.md section 6).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A UTC instant. Serialised as RFC 3339 with millisecond precision and a
+/// `Z` suffix (`spec/PROTOCOL.md` section 3.1).
+pub type Timestamp = DateTime<Utc>;
+
+/// Source of the current time for protocol decisions (lease expiry,
+/// `not_before`, backoff).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current instant.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to; for tests and the model-based
+/// property tests. Cloning shares the same instant.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    millis: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock {
+            millis: Arc::new(AtomicI64::new(start.timestamp_millis())),
+        }
+    }
+
+    /// Moves the clock forward by `ms` milliseconds.
+    pub fn advance_ms(&self, ms: i64) {
+        self.millis.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        DateTime::from_timestamp_millis(self.millis.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+}
+
+/// Formats `t` as the spec's timestamp form: RFC 3339, UTC, milliseconds,
+/// e.g. `2026-11-30T01:28:49.123Z`.
+pub fn format(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Adds `ms` milliseconds to `t`, saturating instead of overflowing.
+pub fn add_ms(t: Timestamp, ms: u64) -> Timestamp {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX / 4);
+    t.checked_add_signed(chrono::TimeDelta::milliseconds(ms))
+        .unwrap_or(t)
+}
+
+/// Milliseconds from `a` to `b` (negative when `b` is earlier).
+pub fn ms_between(a: Timestamp, b: Timestamp) -> i64 {
+    (b - a).num_milliseconds()
+}
+
+/// serde helpers that write timestamps in the spec's form.
+pub(crate) mod serde_ts {
+    use super::*;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&format(t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            let s = Option::<String>::deserialize(d)?;
+            s.map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+        }
+    }
+}

@@ -1,0 +1,1274 @@
+//! The protocol operations (`spec/PROTOCOL.md` sections 5 to 9), composed
+//! from `store`, `lock`, `index` and `events`. Every mutation runs under the
+//! directory lock in a [`Txn`], which first finishes what a crashed writer
+//! left (batch intent, stale index) and reaps expired leases.
+
+use crate::clock::{self, Clock, SystemClock, Timestamp};
+use crate::config::{Backoff, Config, Durability};
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+use crate::index::{Index, ReadyEntry};
+use crate::layout::{self, Layout};
+use crate::lock::{self, LockGuard};
+use crate::store;
+use crate::task::{self, NewTask, Status, Task, TaskId, DEFAULT_PRIORITY, TASK_SCHEMA_VERSION};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default time to wait for the directory lock, in milliseconds.
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
+
+/// An open coordination directory.
+#[derive(Debug, Clone)]
+pub struct Coordination {
+    layout: Layout,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    lock_timeout: Duration,
+    correlation_id: Option<String>,
+    index: Index,
+}
+
+/// What a claim asks for (`spec` section 6.1).
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRequest {
+    /// Who claims; validated as an agent id.
+    pub agent: String,
+    /// Claim exactly this task instead of the most urgent ready one.
+    pub task_id: Option<String>,
+    /// Only tasks carrying all of these tags.
+    pub tags: Vec<String>,
+    /// Lease length in milliseconds; the config's `lease_ms` when `None`.
+    pub lease_ms: Option<u64>,
+}
+
+/// Why a claim found nothing (`spec` section 6.1, the `reason` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotReadyReason {
+    /// No pending task at all.
+    Empty,
+    /// Pending tasks exist, but every one waits on dependencies.
+    WaitingOnDependencies,
+    /// Ready tasks exist but all are backing off until `next_ready_at`.
+    BackingOff,
+    /// Nothing pending; every open task is claimed by someone.
+    AllClaimed,
+    /// Ready tasks exist, but none matches the claim's filters.
+    NoMatch,
+}
+
+/// The answer to a claim that found nothing.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotReady {
+    /// Why.
+    pub reason: NotReadyReason,
+    /// Earliest `not_before` among backing-off candidates, if any.
+    #[serde(serialize_with = "ser_opt_ts")]
+    pub next_ready_at: Option<Timestamp>,
+    /// A sentence for people.
+    pub message: String,
+}
+
+fn ser_opt_ts<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&clock::format(t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The result of [`Coordination::claim`].
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// The task now held, with its new fencing token and lease.
+    Claimed(Box<Task>),
+    /// Nothing could be claimed, and why.
+    NothingReady(NotReady),
+}
+
+/// One task's transition made by `reap` (or lazily by any mutation).
+#[derive(Debug, Clone, Serialize)]
+pub struct Reaped {
+    /// The task.
+    pub task_id: TaskId,
+    /// Agent whose lease ran out.
+    pub agent_id: Option<String>,
+    /// Fencing token of the expired lease.
+    pub fencing_token: u64,
+    /// `pending` (will be retried) or `dead`.
+    pub status: Status,
+}
+
+/// Counts and holdings for `orchestrate status` (`spec` section 11).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The goal from `config.json`.
+    pub goal: String,
+    /// Number of readable tasks.
+    pub total: usize,
+    /// Tasks per status (every status present, maybe 0).
+    pub counts: BTreeMap<String, usize>,
+    /// Tasks that a claim could take now.
+    pub ready: usize,
+    /// Claimed task ids per agent.
+    pub agents: BTreeMap<String, Vec<String>>,
+    /// Age of the oldest pending task, in milliseconds.
+    pub oldest_pending_age_ms: Option<i64>,
+    /// Earliest `not_before` of a backing-off task.
+    #[serde(serialize_with = "ser_opt_ts")]
+    pub next_ready_at: Option<Timestamp>,
+    /// Task files that could not be read, with the reason.
+    pub unreadable: Vec<String>,
+}
+
+/// A listing: the readable tasks (by `seq`) and the files that failed.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Readable tasks, in creation order.
+    pub tasks: Vec<Task>,
+    /// One error per unreadable task file.
+    pub errors: Vec<Error>,
+}
+
+enum Readiness {
+    Ready,
+    NotPending,
+    Waiting,
+    BlockedBy(TaskId),
+    BackingOff(Timestamp),
+}
+
+/// How ids given in a batch are treated by [`Coordination::create_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchIds {
+    /// An id is the task's id; a taken id is an error (`create-task --id`).
+    Exact,
+    /// An id is a key local to the batch: it becomes the task's id when
+    /// free, else `<key>-<4 hex>` (tasks files, leader plans; spec section 8).
+    LocalKeys,
+}
+
+impl Coordination {
+    /// Creates `dir` as a coordination directory with a default config and
+    /// `goal`, or leaves an existing one untouched (`spec` section 2).
+    /// Returns the handle and whether anything was created.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be made; [`Error::Corrupt`] or
+    /// [`Error::NewerSchema`] for an unusable existing config.
+    pub fn init(dir: impl Into<PathBuf>, goal: Option<String>) -> Result<(Self, bool)> {
+        let layout = Layout::new(dir.into());
+        store::ensure_dir(layout.root())?;
+        let _guard = lock::acquire(&layout.lock(), Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS))?;
+        let created = match store::read_config(&layout.config())? {
+            Some(_) => false,
+            None => {
+                for d in [layout.tasks_dir(), layout.logs_dir(), layout.agents_dir()] {
+                    store::ensure_dir(&d)?;
+                }
+                let now = SystemClock.now();
+                let cfg = Config::new(goal.unwrap_or_default(), now);
+                store::write_atomic(&layout.config(), &store::to_pretty(&cfg)?, true, true)?;
+                events::append(&layout.events(), &[Event::new("initialized", now)])?;
+                true
+            }
+        };
+        drop(_guard);
+        let c = Self::open(layout.root())?;
+        Ok((c, created))
+    }
+
+    /// Opens an existing coordination directory.
+    ///
+    /// # Errors
+    /// [`Error::NotInitialized`] when there is no `config.json`;
+    /// [`Error::Corrupt`]/[`Error::NewerSchema`] for a bad one.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let layout = Layout::new(dir.into());
+        let config = store::read_config(&layout.config())?
+            .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
+        let index = Index::new(layout.index_dir());
+        Ok(Coordination {
+            layout,
+            config,
+            clock: Arc::new(SystemClock),
+            lock_timeout: Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
+            correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID").ok().filter(|s| !s.is_empty()),
+            index,
+        })
+    }
+
+    /// Uses `clock` for every time decision.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Waits at most `ms` milliseconds for the directory lock.
+    pub fn with_lock_timeout_ms(mut self, ms: u64) -> Self {
+        self.lock_timeout = Duration::from_millis(ms);
+        self
+    }
+
+    /// Tags every event written through this handle with `id`.
+    pub fn with_correlation_id(mut self, id: Option<String>) -> Self {
+        self.correlation_id = id;
+        self
+    }
+
+    /// The directory's config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The directory's paths.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The clock in use.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn backoff_for(&self, t: &Task) -> Backoff {
+        t.backoff.unwrap_or(self.config.backoff)
+    }
+
+    fn durable(&self) -> bool {
+        self.config.durability == Durability::Durable
+    }
+
+    fn mutate<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R>) -> Result<R> {
+        let guard = lock::acquire(&self.layout.lock(), self.lock_timeout)?;
+        let mut tx = Txn {
+            c: self,
+            now: self.clock.now(),
+            events: Vec::new(),
+            tasks_dir_dirty: false,
+            reaped: Vec::new(),
+            _guard: guard,
+        };
+        let r = tx.prepare().and_then(|()| f(&mut tx));
+        let synced = tx.finish();
+        match (r, synced) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
+    /// Creates one task (`spec` section 5.1). The id is used as given.
+    ///
+    /// # Errors
+    /// As [`Coordination::create_batch`].
+    pub fn create(&self, spec: NewTask) -> Result<Task> {
+        let mut v = self.create_batch(vec![spec], BatchIds::Exact)?;
+        v.pop().ok_or_else(|| Error::Other("empty batch".into()))
+    }
+
+    /// Creates tasks all or nothing (`spec` sections 5.1 and 4.3).
+    /// Dependencies may name existing tasks or other tasks of the batch by
+    /// their `id`. Returns the created tasks in input order.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for bad fields, duplicate ids in the batch or an
+    /// unknown dependency; [`Error::IdTaken`] (with [`BatchIds::Exact`]);
+    /// [`Error::Cycle`]; lock, I/O and data errors. Nothing is written on error.
+    pub fn create_batch(&self, specs: Vec<NewTask>, ids: BatchIds) -> Result<Vec<Task>> {
+        if specs.is_empty() {
+            return Err(Error::Invalid("no tasks to create".into()));
+        }
+        for s in &specs {
+            task::validate_new(s)?;
+        }
+        self.mutate(|tx| tx.create_batch(specs, ids))
+    }
+
+    /// Claims the most urgent ready task, or the named one (`spec` 6.1).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad agent id or lease; for a named task,
+    /// [`Error::TaskNotFound`] or [`Error::WrongState`] (not pending,
+    /// dependencies not completed, backing off); lock, I/O and data errors.
+    pub fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome> {
+        task::validate_name("agent id", &req.agent)?;
+        if req.lease_ms == Some(0) {
+            return Err(Error::Invalid("lease must be longer than 0 ms".into()));
+        }
+        let named = req.task_id.as_deref().map(TaskId::new).transpose()?;
+        self.mutate(|tx| tx.claim(req, named.as_ref()))
+    }
+
+    /// Extends the lease of a held task to now + `lease_ms` (the config's when
+    /// `None`) (`spec` 6.2).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] for a stale token or an expired lease;
+    /// [`Error::WrongState`]; [`Error::TaskNotFound`].
+    pub fn heartbeat(&self, id: &str, token: u64, lease_ms: Option<u64>) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| {
+            let mut t = tx.load(&id)?;
+            let old = t.clone();
+            t.heartbeat(token, tx.now, lease_ms.unwrap_or(self.config.lease_ms))?;
+            self.index.add_lease(&t)?;
+            tx.save(&t)?;
+            if old.lease_expires_at != t.lease_expires_at {
+                self.index.remove_lease(&old)?;
+            }
+            tx.event("task_heartbeat", &t, None)
+                .detail
+                .insert("lease_expires_at".into(), Value::from(t.lease_expires_at.map(|x| clock::format(&x))));
+            Ok(t)
+        })
+    }
+
+    /// Completes a held task with `result` (`spec` 5.3).
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn complete(&self, id: &str, token: u64, result: Option<Value>) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| tx.complete(&id, token, result))
+    }
+
+    /// Fails the current attempt of a held task: back to `pending` after a
+    /// backoff, or `dead` when attempts are exhausted (`spec` 5.4, 7).
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn fail(&self, id: &str, token: u64, error: &str) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| {
+            let t = tx.load(&id)?;
+            t.check_token(token, tx.now, "fail")?;
+            tx.fail_attempt(t, error.to_string(), "task_failed")
+        })
+    }
+
+    /// Gives a held task back without spending an attempt (`spec` 5.5).
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn release(&self, id: &str, token: u64) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| {
+            let mut t = tx.load(&id)?;
+            let old = t.clone();
+            t.release(token, tx.now)?;
+            self.index.add_ready(&t)?;
+            tx.save(&t)?;
+            self.index.remove_lease(&old)?;
+            tx.event_from("task_released", &t, Some(old.status), old.claimed_by.clone());
+            Ok(t)
+        })
+    }
+
+    /// Cancels a pending, claimed or blocked task; its pending dependents
+    /// become `blocked` (`spec` 5.6). Returns the cancelled task first, then
+    /// the tasks it blocked.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`]; [`Error::WrongState`] for other states.
+    pub fn cancel(&self, id: &str, reason: Option<String>) -> Result<Vec<Task>> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| {
+            let mut t = tx.load(&id)?;
+            let old = t.clone();
+            t.cancel(tx.now, reason)?;
+            tx.save(&t)?;
+            self.index.remove_lease(&old)?;
+            self.index.remove_ready(&old)?;
+            self.index.remove_waiting(&old.id)?;
+            tx.event_from("task_cancelled", &t, Some(old.status), old.claimed_by.clone());
+            let mut out = vec![t];
+            out.extend(tx.propagate_blocked(&id)?);
+            Ok(out)
+        })
+    }
+
+    /// Brings a dead, cancelled or blocked task back to `pending` with a
+    /// fresh attempt budget, and with it the dependents it had blocked
+    /// (`spec` 5.7). Returns the retried task first, then the unblocked ones.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`]; [`Error::WrongState`] for other states, or a
+    /// blocked task whose dependency is still dead or cancelled.
+    pub fn retry(&self, id: &str) -> Result<Vec<Task>> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| tx.retry(&id))
+    }
+
+    /// Reclaims every expired lease now (`spec` 6.4). Any mutation does this
+    /// lazily too; this returns what was done.
+    ///
+    /// # Errors
+    /// Lock, I/O and data errors.
+    pub fn reap(&self) -> Result<Vec<Reaped>> {
+        self.mutate(|tx| Ok(std::mem::take(&mut tx.reaped)))
+    }
+
+    /// Reads one task without locking (`spec` 4.2: readers never see a torn file).
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`]; data and I/O errors.
+    pub fn get(&self, id: &str) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        store::read_task(&self.layout.task(&id), &id)?.ok_or_else(|| Error::TaskNotFound(id.to_string()))
+    }
+
+    /// Reads every task without locking. Unreadable files are reported in
+    /// [`Listing::errors`] and do not stop the listing.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `tasks/` cannot be listed.
+    pub fn list(&self) -> Result<Listing> {
+        let dir = self.layout.tasks_dir();
+        let mut out = Listing::default();
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io("list", &dir, e))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if layout::is_hidden(name) {
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".json") else { continue };
+            let path = ent.path();
+            let id = match TaskId::new(stem) {
+                Ok(id) => id,
+                Err(_) => {
+                    out.errors.push(Error::corrupt(path, "file name is not a valid task id"));
+                    continue;
+                }
+            };
+            match store::read_task(&path, &id) {
+                Ok(Some(t)) => out.tasks.push(t),
+                Ok(None) => {}
+                Err(e) => out.errors.push(e),
+            }
+        }
+        out.tasks.sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
+        Ok(out)
+    }
+
+    /// Counts, ready tasks and holdings, computed from a full read of
+    /// `tasks/` (`spec` section 11, `status`).
+    ///
+    /// # Errors
+    /// As [`Coordination::list`].
+    pub fn status(&self) -> Result<StatusReport> {
+        let listing = self.list()?;
+        let now = self.now();
+        let by_id: HashMap<&TaskId, &Task> = listing.tasks.iter().map(|t| (&t.id, t)).collect();
+        let mut counts: BTreeMap<String, usize> =
+            Status::ALL.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut agents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut ready = 0;
+        let mut oldest: Option<Timestamp> = None;
+        let mut next_ready_at: Option<Timestamp> = None;
+        for t in &listing.tasks {
+            *counts.entry(t.status.to_string()).or_default() += 1;
+            match t.status {
+                Status::Claimed => agents
+                    .entry(t.claimed_by.clone().unwrap_or_default())
+                    .or_default()
+                    .push(t.id.to_string()),
+                Status::Pending => {
+                    oldest = Some(oldest.map_or(t.created_at, |o| o.min(t.created_at)));
+                    let deps_done = t
+                        .dependencies
+                        .iter()
+                        .all(|d| by_id.get(d).is_some_and(|d| d.status == Status::Completed));
+                    if deps_done {
+                        match t.not_before {
+                            Some(nb) if nb > now => {
+                                next_ready_at = Some(next_ready_at.map_or(nb, |x| x.min(nb)))
+                            }
+                            _ => ready += 1,
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(StatusReport {
+            goal: self.config.goal.clone(),
+            total: listing.tasks.len(),
+            counts,
+            ready,
+            agents,
+            oldest_pending_age_ms: oldest.map(|o| clock::ms_between(o, now)),
+            next_ready_at,
+            unreadable: listing.errors.iter().map(|e| e.to_string()).collect(),
+        })
+    }
+
+    /// Rebuilds the claim index from `tasks/` now (`spec` section 9).
+    ///
+    /// # Errors
+    /// Lock and I/O errors.
+    pub fn reindex(&self) -> Result<()> {
+        self.mutate(|tx| tx.rebuild_index())
+    }
+}
+
+/// One lock hold: a mutation in progress.
+struct Txn<'a> {
+    c: &'a Coordination,
+    now: Timestamp,
+    events: Vec<Event>,
+    tasks_dir_dirty: bool,
+    reaped: Vec<Reaped>,
+    _guard: LockGuard,
+}
+
+impl Txn<'_> {
+    fn load(&self, id: &TaskId) -> Result<Task> {
+        store::read_task(&self.c.layout.task(id), id)?.ok_or_else(|| Error::TaskNotFound(id.to_string()))
+    }
+
+    fn save(&mut self, t: &Task) -> Result<()> {
+        let bytes = store::to_pretty(t)?;
+        store::write_atomic(&self.c.layout.task(&t.id), &bytes, self.c.durable(), false)?;
+        self.tasks_dir_dirty = true;
+        Ok(())
+    }
+
+    fn event(&mut self, name: &str, t: &Task, from: Option<Status>) -> &mut Event {
+        self.event_from(name, t, from, t.claimed_by.clone())
+    }
+
+    fn event_from(&mut self, name: &str, t: &Task, from: Option<Status>, agent: Option<String>) -> &mut Event {
+        let mut e = Event::new(name, self.now);
+        e.task_id = Some(t.id.to_string());
+        e.agent_id = agent;
+        e.attempt = Some(t.attempts);
+        e.fencing_token = Some(t.fencing_token);
+        e.from = from.map(|s| s.to_string());
+        e.to = Some(t.status.to_string());
+        e.correlation_id = self.c.correlation_id.clone();
+        self.events.push(e);
+        let last = self.events.len() - 1;
+        &mut self.events[last]
+    }
+
+    /// Finishes crash leftovers and expired leases before the operation.
+    fn prepare(&mut self) -> Result<()> {
+        self.roll_back_batch()?;
+        if !self.c.index.is_current() {
+            self.rebuild_index()?;
+        }
+        self.reaped = self.reap_expired()?;
+        Ok(())
+    }
+
+    /// Makes the mutation durable (one directory fsync) and appends events.
+    fn finish(&mut self) -> Result<()> {
+        let r = if self.tasks_dir_dirty && self.c.durable() {
+            store::sync_dir(&self.c.layout.tasks_dir())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = events::append(&self.c.layout.events(), &self.events) {
+            tracing::warn!(error = %e, "could not append to events.jsonl; the task files are correct");
+        }
+        r
+    }
+
+    fn roll_back_batch(&mut self) -> Result<()> {
+        let p = self.c.layout.batch_intent();
+        let Some(bytes) = store::read_bytes(&p)? else { return Ok(()) };
+        let ids: Vec<String> = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("task_ids").cloned())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        tracing::warn!(count = ids.len(), "rolling back a batch create interrupted by a crash");
+        for id in &ids {
+            if let Ok(id) = TaskId::new(id.as_str()) {
+                let tp = self.c.layout.task(&id);
+                match std::fs::remove_file(&tp) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &tp, e)),
+                }
+            }
+        }
+        std::fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        store::sync_dir(&self.c.layout.tasks_dir())?;
+        // The index may hold entries of the rolled-back tasks: superset is
+        // fine, but a rebuild also resets next_seq cleanly.
+        self.rebuild_index()?;
+        let mut e = Event::new("batch_rolled_back", self.now);
+        e.detail.insert("task_ids".into(), Value::from(ids));
+        self.events.push(e);
+        Ok(())
+    }
+
+    fn rebuild_index(&mut self) -> Result<()> {
+        let listing = self.c.list()?;
+        for e in &listing.errors {
+            tracing::warn!(error = %e, "skipping unreadable task file while rebuilding the index");
+        }
+        self.c.index.rebuild(&listing.tasks)?;
+        let mut e = Event::new("index_rebuilt", self.now);
+        e.detail.insert("tasks".into(), Value::from(listing.tasks.len()));
+        self.events.push(e);
+        Ok(())
+    }
+
+    fn reap_expired(&mut self) -> Result<Vec<Reaped>> {
+        let now_ms = self.now.timestamp_millis();
+        let mut out = Vec::new();
+        for (ms, id, name) in self.c.index.leases()? {
+            if ms > now_ms {
+                continue;
+            }
+            let t = match store::read_task(&self.c.layout.task(&id), &id) {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    self.c.index.remove_lease_entry(&name)?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a task whose lease expired");
+                    continue;
+                }
+            };
+            let current = t.status == Status::Claimed
+                && t.lease_expires_at.map(|x| x.timestamp_millis()) == Some(ms);
+            if !current {
+                // A leftover of a crash between writes, or a stale entry.
+                if t.status != Status::Claimed
+                    || t.lease_expires_at.map(|x| x.timestamp_millis()) != Some(ms)
+                {
+                    if t.status == Status::Claimed {
+                        self.c.index.add_lease(&t)?;
+                    }
+                    self.c.index.remove_lease_entry(&name)?;
+                }
+                continue;
+            }
+            if !t.lease_expired(self.now) {
+                continue;
+            }
+            let holder = t.claimed_by.clone();
+            let token = t.fencing_token;
+            let msg = format!(
+                "lease expired: {} stopped heartbeating",
+                holder.as_deref().unwrap_or("the holder")
+            );
+            let t = self.fail_attempt(t, msg, "task_expired")?;
+            out.push(Reaped {
+                task_id: id,
+                agent_id: holder,
+                fencing_token: token,
+                status: t.status,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ends a claimed task's attempt as failed and persists it; `pending`
+    /// with backoff or `dead`, whose dependents become blocked.
+    fn fail_attempt(&mut self, mut t: Task, error: String, event: &str) -> Result<Task> {
+        let old = t.clone();
+        let u: f64 = rand::random();
+        let delay = self.c.backoff_for(&t).delay_ms(t.attempts, u);
+        let status = t.end_attempt_failed(self.now, error.clone(), delay);
+        if status == Status::Pending {
+            self.c.index.add_ready(&t)?;
+        }
+        self.save(&t)?;
+        self.c.index.remove_lease(&old)?;
+        let e = self.event_from(event, &t, Some(old.status), old.claimed_by.clone());
+        e.detail.insert("error".into(), Value::from(error));
+        if status == Status::Pending {
+            e.detail.insert("backoff_ms".into(), Value::from(delay));
+        }
+        if status == Status::Dead {
+            self.event_from("task_dead", &t, Some(old.status), old.claimed_by.clone());
+            let id = t.id.clone();
+            self.propagate_blocked(&id)?;
+        }
+        Ok(t)
+    }
+
+    /// Marks every pending task that (transitively) depends on `root` as
+    /// blocked (`spec` 5.6).
+    fn propagate_blocked(&mut self, root: &TaskId) -> Result<Vec<Task>> {
+        let mut out = Vec::new();
+        let mut queue: VecDeque<TaskId> = VecDeque::from([root.clone()]);
+        let mut seen: HashSet<TaskId> = HashSet::new();
+        while let Some(cur) = queue.pop_front() {
+            for d in self.c.index.dependents(&cur)? {
+                if !seen.insert(d.clone()) {
+                    continue;
+                }
+                let mut t = match self.load(&d) {
+                    Ok(t) => t,
+                    Err(Error::TaskNotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                if t.status != Status::Pending {
+                    continue;
+                }
+                t.block(self.now, &cur);
+                self.save(&t)?;
+                self.c.index.remove_waiting(&t.id)?;
+                self.c.index.remove_ready(&t)?;
+                let e = self.event("task_blocked", &t, Some(Status::Pending));
+                e.detail.insert("blocked_by".into(), Value::from(cur.to_string()));
+                queue.push_back(d);
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn readiness(&self, t: &Task, overlay: &HashMap<TaskId, Status>) -> Result<Readiness> {
+        if t.status != Status::Pending {
+            return Ok(Readiness::NotPending);
+        }
+        for d in &t.dependencies {
+            let st = match overlay.get(d) {
+                Some(s) => Some(*s),
+                None => match store::read_task(&self.c.layout.task(d), d) {
+                    Ok(Some(dt)) => Some(dt.status),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(task_id = %t.id, error = %e, "dependency unreadable");
+                        return Ok(Readiness::Waiting);
+                    }
+                },
+            };
+            match st {
+                Some(Status::Completed) => {}
+                Some(s) if s.is_failed_for_good() || s == Status::Blocked => {
+                    return Ok(Readiness::BlockedBy(d.clone()))
+                }
+                None => return Ok(Readiness::BlockedBy(d.clone())),
+                Some(_) => return Ok(Readiness::Waiting),
+            }
+        }
+        match t.not_before {
+            Some(nb) if nb > self.now => Ok(Readiness::BackingOff(nb)),
+            _ => Ok(Readiness::Ready),
+        }
+    }
+
+    fn take(&mut self, mut t: Task, agent: &str, lease_ms: u64) -> Result<Task> {
+        let old_status = t.status;
+        let old = t.clone();
+        t.claim(agent, self.now, lease_ms)?;
+        self.c.index.add_lease(&t)?;
+        self.save(&t)?;
+        self.c.index.remove_ready(&old)?;
+        let e = self.event("task_claimed", &t, Some(old_status));
+        e.detail.insert(
+            "lease_expires_at".into(),
+            Value::from(t.lease_expires_at.map(|x| clock::format(&x))),
+        );
+        Ok(t)
+    }
+
+    fn claim(&mut self, req: &ClaimRequest, named: Option<&TaskId>) -> Result<ClaimOutcome> {
+        let lease_ms = req.lease_ms.unwrap_or(self.c.config.lease_ms);
+        let matches = |t: &Task| req.tags.iter().all(|tag| t.context.tags.contains(tag));
+        let no_overlay = HashMap::new();
+        if let Some(id) = named {
+            let t = self.load(id)?;
+            if !matches(&t) {
+                return Err(Error::WrongState {
+                    task_id: id.to_string(),
+                    status: t.status.to_string(),
+                    action: "claim".into(),
+                    hint: ": it does not carry the requested tags".into(),
+                });
+            }
+            let hint = match self.readiness(&t, &no_overlay)? {
+                Readiness::Ready => return Ok(ClaimOutcome::Claimed(Box::new(self.take(t, &req.agent, lease_ms)?))),
+                Readiness::NotPending => match &t.claimed_by {
+                    Some(a) => format!(": it is held by {a}"),
+                    None => String::new(),
+                },
+                Readiness::Waiting => ": its dependencies are not completed yet".into(),
+                Readiness::BlockedBy(d) => format!(": dependency `{d}` is dead, cancelled or missing"),
+                Readiness::BackingOff(nb) => format!(": it is backing off until {}", clock::format(&nb)),
+            };
+            return Err(Error::WrongState {
+                task_id: id.to_string(),
+                status: t.status.to_string(),
+                action: "claim".into(),
+                hint,
+            });
+        }
+
+        let mut next_ready_at: Option<Timestamp> = None;
+        let mut skipped_by_filter = false;
+        for bucket in self.c.index.ready_buckets()? {
+            let entries = self.c.index.bucket_entries(&bucket)?;
+            if entries.is_empty() {
+                self.c.index.remove_bucket_if_empty(&bucket);
+                continue;
+            }
+            for entry in entries {
+                let t = match store::read_task(&self.c.layout.task(&entry.id), &entry.id) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        self.c.index.remove_ready_entry(&entry)?;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping unreadable task");
+                        continue;
+                    }
+                };
+                if !self.entry_matches(&entry, &t) {
+                    // Stale (priority or seq changed, or not pending): drop it.
+                    self.c.index.remove_ready_entry(&entry)?;
+                    continue;
+                }
+                match self.readiness(&t, &no_overlay)? {
+                    Readiness::Ready => {
+                        if !matches(&t) {
+                            skipped_by_filter = true;
+                            continue;
+                        }
+                        let t = self.take(t, &req.agent, lease_ms)?;
+                        return Ok(ClaimOutcome::Claimed(Box::new(t)));
+                    }
+                    Readiness::NotPending => self.c.index.remove_ready_entry(&entry)?,
+                    Readiness::Waiting => {
+                        self.c.index.add_waiting(&t.id)?;
+                        self.c.index.remove_ready_entry(&entry)?;
+                    }
+                    Readiness::BlockedBy(d) => {
+                        let mut t = t;
+                        t.block(self.now, &d);
+                        self.save(&t)?;
+                        self.c.index.remove_ready_entry(&entry)?;
+                        let e = self.event("task_blocked", &t, Some(Status::Pending));
+                        e.detail.insert("blocked_by".into(), Value::from(d.to_string()));
+                        let id = t.id.clone();
+                        self.propagate_blocked(&id)?;
+                    }
+                    Readiness::BackingOff(nb) => {
+                        if matches(&t) {
+                            next_ready_at = Some(next_ready_at.map_or(nb, |x| x.min(nb)));
+                        } else {
+                            skipped_by_filter = true;
+                        }
+                    }
+                }
+            }
+        }
+        let (reason, message) = if let Some(nb) = next_ready_at {
+            (
+                NotReadyReason::BackingOff,
+                format!("every ready task is backing off; the next is ready at {}", clock::format(&nb)),
+            )
+        } else if skipped_by_filter {
+            (NotReadyReason::NoMatch, "no ready task carries the requested tags".to_string())
+        } else if self.c.index.any_waiting()? {
+            (
+                NotReadyReason::WaitingOnDependencies,
+                "pending tasks are waiting on dependencies that are not completed".to_string(),
+            )
+        } else if !self.c.index.leases()?.is_empty() {
+            (
+                NotReadyReason::AllClaimed,
+                "nothing pending; the open tasks are all claimed".to_string(),
+            )
+        } else {
+            (NotReadyReason::Empty, "no pending tasks".to_string())
+        };
+        Ok(ClaimOutcome::NothingReady(NotReady {
+            reason,
+            next_ready_at,
+            message,
+        }))
+    }
+
+    fn entry_matches(&self, e: &ReadyEntry, t: &Task) -> bool {
+        t.status == Status::Pending && e.name == format!("{:012}-{}", t.seq, t.id) && e.bucket == format!("{:02}-{:012}", t.priority, t.seq / 256)
+    }
+
+    fn complete(&mut self, id: &TaskId, token: u64, result: Option<Value>) -> Result<Task> {
+        let mut t = self.load(id)?;
+        let old = t.clone();
+        t.complete(token, self.now, result)?;
+        let mut overlay = HashMap::new();
+        overlay.insert(id.clone(), Status::Completed);
+        let mut promote = Vec::new();
+        for d in self.c.index.dependents(id)? {
+            let dt = match store::read_task(&self.c.layout.task(&d), &d) {
+                Ok(Some(dt)) => dt,
+                _ => continue,
+            };
+            if matches!(self.readiness(&dt, &overlay)?, Readiness::Ready | Readiness::BackingOff(_)) {
+                promote.push(dt);
+            }
+        }
+        for d in &promote {
+            self.c.index.add_ready(d)?;
+        }
+        self.save(&t)?;
+        for d in &promote {
+            self.c.index.remove_waiting(&d.id)?;
+        }
+        self.c.index.remove_lease(&old)?;
+        self.event_from("task_completed", &t, Some(old.status), old.claimed_by.clone());
+        Ok(t)
+    }
+
+    fn retry(&mut self, id: &TaskId) -> Result<Vec<Task>> {
+        let mut t = self.load(id)?;
+        let old_status = t.status;
+        let mut overlay: HashMap<TaskId, Status> = HashMap::new();
+        if t.status == Status::Blocked {
+            for d in &t.dependencies {
+                let st = match store::read_task(&self.c.layout.task(d), d)? {
+                    Some(dt) => dt.status,
+                    None => {
+                        return Err(Error::WrongState {
+                            task_id: id.to_string(),
+                            status: t.status.to_string(),
+                            action: "retry".into(),
+                            hint: format!(": its dependency `{d}` does not exist"),
+                        })
+                    }
+                };
+                if st.is_failed_for_good() || st == Status::Blocked {
+                    return Err(Error::WrongState {
+                        task_id: id.to_string(),
+                        status: t.status.to_string(),
+                        action: "retry".into(),
+                        hint: format!(": its dependency `{d}` is {st}; retry `{d}` first"),
+                    });
+                }
+            }
+        }
+        t.retry(self.now)?;
+        t.error = None;
+        overlay.insert(id.clone(), Status::Pending);
+        let mut changed = vec![(t, old_status)];
+        // Unblock dependents whose dependencies are no longer failed.
+        let mut queue: VecDeque<TaskId> = VecDeque::from([id.clone()]);
+        let mut seen: HashSet<TaskId> = HashSet::from([id.clone()]);
+        while let Some(cur) = queue.pop_front() {
+            for d in self.c.index.dependents(&cur)? {
+                if seen.contains(&d) {
+                    continue;
+                }
+                let mut dt = match store::read_task(&self.c.layout.task(&d), &d) {
+                    Ok(Some(dt)) => dt,
+                    _ => continue,
+                };
+                if dt.status != Status::Blocked {
+                    continue;
+                }
+                let mut still_blocked = false;
+                for dep in &dt.dependencies {
+                    let st = match overlay.get(dep) {
+                        Some(s) => *s,
+                        None => match store::read_task(&self.c.layout.task(dep), dep) {
+                            Ok(Some(x)) => x.status,
+                            _ => Status::Dead,
+                        },
+                    };
+                    if st.is_failed_for_good() || st == Status::Blocked {
+                        still_blocked = true;
+                    }
+                }
+                if still_blocked {
+                    continue;
+                }
+                seen.insert(d.clone());
+                dt.retry(self.now)?;
+                dt.error = None;
+                overlay.insert(d.clone(), Status::Pending);
+                queue.push_back(d);
+                changed.push((dt, Status::Blocked));
+            }
+        }
+        // Index first (superset rule), then files.
+        for (t, _) in &changed {
+            match self.readiness(t, &overlay)? {
+                Readiness::Ready | Readiness::BackingOff(_) => self.c.index.add_ready(t)?,
+                _ => self.c.index.add_waiting(&t.id)?,
+            }
+        }
+        let mut out = Vec::new();
+        for (i, (t, from)) in changed.into_iter().enumerate() {
+            self.save(&t)?;
+            let name = if i == 0 { "task_retried" } else { "task_unblocked" };
+            self.event_from(name, &t, Some(from), None);
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    fn create_batch(&mut self, specs: Vec<NewTask>, ids: BatchIds) -> Result<Vec<Task>> {
+        let c = self.c;
+        // 1. Resolve ids.
+        let mut key_to_id: HashMap<String, TaskId> = HashMap::new();
+        let mut real_ids: Vec<TaskId> = Vec::with_capacity(specs.len());
+        let mut used: HashSet<TaskId> = HashSet::new();
+        for s in &specs {
+            let id = match &s.id {
+                Some(key) => {
+                    if key_to_id.contains_key(key) {
+                        return Err(Error::Invalid(format!("id `{key}` appears twice in the batch")));
+                    }
+                    let want = TaskId::new(key.as_str())?;
+                    let taken = |id: &TaskId| used.contains(id) || c.layout.task(id).symlink_metadata().is_ok();
+                    let id = if !taken(&want) {
+                        want
+                    } else if ids == BatchIds::Exact {
+                        return Err(Error::IdTaken(key.clone()));
+                    } else {
+                        let mut n = 0;
+                        loop {
+                            let hex = &uuid::Uuid::new_v4().simple().to_string()[..4];
+                            let cand = TaskId::new(format!("{}-{hex}", &key[..key.len().min(task::MAX_ID_LEN - 5)]))?;
+                            if !taken(&cand) {
+                                break cand;
+                            }
+                            n += 1;
+                            if n > 100 {
+                                return Err(Error::IdTaken(key.clone()));
+                            }
+                        }
+                    };
+                    key_to_id.insert(key.clone(), id.clone());
+                    id
+                }
+                None => loop {
+                    let id = TaskId::generate();
+                    if !used.contains(&id) && c.layout.task(&id).symlink_metadata().is_err() {
+                        break id;
+                    }
+                },
+            };
+            used.insert(id.clone());
+            real_ids.push(id);
+        }
+        // 2. Resolve dependencies: batch keys first, then existing tasks.
+        let mut existing: HashMap<TaskId, Status> = HashMap::new();
+        let mut deps: Vec<Vec<TaskId>> = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter().enumerate() {
+            let mut v = Vec::new();
+            for d in &s.dependencies {
+                let id = if let Some(id) = key_to_id.get(d) {
+                    id.clone()
+                } else {
+                    let id = TaskId::new(d.as_str())?;
+                    if !existing.contains_key(&id) {
+                        match store::read_task(&c.layout.task(&id), &id)? {
+                            Some(t) => {
+                                existing.insert(id.clone(), t.status);
+                            }
+                            None => {
+                                return Err(Error::Invalid(format!(
+                                    "task `{}` depends on `{d}`, which does not exist; create it first (see `orchestrate list`)",
+                                    s.id.as_deref().unwrap_or(&s.description.chars().take(40).collect::<String>())
+                                )))
+                            }
+                        }
+                    }
+                    id
+                };
+                if id == real_ids[i] {
+                    return Err(Error::Cycle(vec![id.to_string(), id.to_string()]));
+                }
+                if !v.contains(&id) {
+                    v.push(id);
+                }
+            }
+            deps.push(v);
+        }
+        // 3. Cycle check inside the batch (existing tasks cannot depend on new ones).
+        let pos: HashMap<&TaskId, usize> = real_ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        let order = topo_order(&real_ids, &deps, &pos)?;
+        // 4. Build tasks in topological order to derive their initial state.
+        let mut next_seq = c.index.next_seq()?;
+        let mut seqs = vec![0u64; specs.len()];
+        for s in seqs.iter_mut() {
+            *s = next_seq;
+            next_seq += 1;
+        }
+        let mut status_of: HashMap<TaskId, Status> = existing.clone();
+        let mut built: Vec<Option<Task>> = vec![None; specs.len()];
+        let mut ready_flags = vec![false; specs.len()];
+        for &i in &order {
+            let s = &specs[i];
+            let mut blocked_by = None;
+            let mut all_done = true;
+            for d in &deps[i] {
+                match status_of.get(d).copied().unwrap_or(Status::Pending) {
+                    Status::Completed => {}
+                    st if st.is_failed_for_good() || st == Status::Blocked => {
+                        blocked_by.get_or_insert(d.clone());
+                        all_done = false;
+                    }
+                    _ => all_done = false,
+                }
+            }
+            let mut t = Task {
+                schema_version: TASK_SCHEMA_VERSION,
+                id: real_ids[i].clone(),
+                seq: seqs[i],
+                description: s.description.clone(),
+                priority: s.priority.unwrap_or(DEFAULT_PRIORITY),
+                dependencies: deps[i].clone(),
+                context: s.context.clone(),
+                command: s.command.clone(),
+                status: Status::Pending,
+                attempts: 0,
+                max_attempts: s.max_attempts.unwrap_or(c.config.max_attempts),
+                backoff: s.backoff,
+                claimed_by: None,
+                fencing_token: 0,
+                lease_expires_at: None,
+                not_before: None,
+                result: None,
+                error: None,
+                log_file: None,
+                created_at: self.now,
+                updated_at: self.now,
+                claimed_at: None,
+                completed_at: None,
+                extra: Default::default(),
+            };
+            if let Some(d) = blocked_by {
+                t.block(self.now, &d);
+            }
+            ready_flags[i] = all_done && t.status == Status::Pending;
+            status_of.insert(t.id.clone(), t.status);
+            built[i] = Some(t);
+        }
+        let tasks: Vec<Task> = built.into_iter().flatten().collect();
+        // 5. Index first (superset rule).
+        c.index.set_next_seq(next_seq)?;
+        for (i, t) in tasks.iter().enumerate() {
+            for d in &t.dependencies {
+                c.index.add_dependent(d, &t.id)?;
+            }
+            if ready_flags[i] {
+                c.index.add_ready(t)?;
+            } else if t.status == Status::Pending {
+                c.index.add_waiting(&t.id)?;
+            }
+        }
+        // 6. Files: one rename for a single task; an intent record around a batch.
+        if tasks.len() == 1 {
+            self.save(&tasks[0])?;
+        } else {
+            let intent = serde_json::json!({
+                "schema_version": 1,
+                "task_ids": tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>(),
+            });
+            store::write_atomic(&c.layout.batch_intent(), &store::to_pretty(&intent)?, c.durable(), true)?;
+            crate::faults::point("after_batch_intent");
+            for (i, t) in tasks.iter().enumerate() {
+                if i == 1 {
+                    crate::faults::point("between_batch_files");
+                }
+                if let Err(e) = self.save(t) {
+                    // Undo what was written; nothing of the batch must stay.
+                    for t in &tasks[..i] {
+                        let _ = std::fs::remove_file(c.layout.task(&t.id));
+                    }
+                    let _ = std::fs::remove_file(c.layout.batch_intent());
+                    return Err(e);
+                }
+            }
+            if c.durable() {
+                store::sync_dir(&c.layout.tasks_dir())?;
+            }
+            let p = c.layout.batch_intent();
+            std::fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        }
+        for t in &tasks {
+            let e = self.event("task_created", t, None);
+            e.detail.insert("priority".into(), Value::from(t.priority));
+            if !t.dependencies.is_empty() {
+                e.detail.insert(
+                    "dependencies".into(),
+                    Value::from(t.dependencies.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+                );
+            }
+        }
+        Ok(tasks)
+    }
+}
+
+/// Kahn's algorithm over the batch; returns indices in dependency order, or
+/// the cycle found.
+fn topo_order(ids: &[TaskId], deps: &[Vec<TaskId>], pos: &HashMap<&TaskId, usize>) -> Result<Vec<usize>> {
+    let n = ids.len();
+    let mut indeg = vec![0usize; n];
+    let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for d in ds {
+            if let Some(&j) = pos.get(d) {
+                indeg[i] += 1;
+                out_edges[j].push(i);
+            }
+        }
+    }
+    let mut q: VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = q.pop_front() {
+        order.push(i);
+        for &k in &out_edges[i] {
+            indeg[k] -= 1;
+            if indeg[k] == 0 {
+                q.push_back(k);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Find one cycle among the remaining nodes to name it.
+    let start = (0..n).find(|&i| indeg[i] > 0).unwrap_or(0);
+    let mut path = vec![start];
+    let mut cur = start;
+    let mut visited = HashSet::from([start]);
+    loop {
+        let next = deps[cur]
+            .iter()
+            .filter_map(|d| pos.get(d).copied())
+            .find(|&j| indeg[j] > 0);
+        let Some(next) = next else { break };
+        if visited.contains(&next) {
+            let at = path.iter().position(|&x| x == next).unwrap_or(0);
+            let mut cyc: Vec<String> = path[at..].iter().map(|&i| ids[i].to_string()).collect();
+            cyc.push(ids[next].to_string());
+            return Err(Error::Cycle(cyc));
+        }
+        visited.insert(next);
+        path.push(next);
+        cur = next;
+    }
+    Err(Error::Cycle(ids.iter().map(|i| i.to_string()).collect()))
+}
+
+/// Finds the coordination directory: `explicit` if given, else
+/// `$COORDINATION_DIR`, else `./.coordination` (DESIGN.md section 7).
+pub fn resolve_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("COORDINATION_DIR").filter(|s| !s.is_empty()) {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(layout::DEFAULT_DIR)
+}

@@ -1,0 +1,208 @@
+//! Reading and writing the JSON files of `.coordination/`: the atomic-write
+//! protocol (`spec/PROTOCOL.md` section 4.2), symlink refusal, size limits
+//! and the `schema_version` check (section 10). The on-disk format lives
+//! here and in `task.rs`/`config.rs`.
+
+use crate::config::{Config, CONFIG_SCHEMA_VERSION};
+use crate::error::{Error, Result};
+use crate::layout::TEMP_NAME;
+use crate::task::{Task, TaskId, TASK_SCHEMA_VERSION};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Largest task or config file read, in bytes (16 MiB). Larger files are
+/// refused as corrupt instead of being loaded into memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Opens `path` for reading without following a symlink.
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Reads a whole file, refusing symlinks and files over [`MAX_FILE_BYTES`].
+/// Returns `Ok(None)` when the file does not exist.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a symlink, a non-regular file or an oversized
+/// file; [`Error::Io`] otherwise.
+pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
+    let mut f = match open_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::corrupt(
+                path,
+                "is a symlink; symlinks inside .coordination/ are refused, not followed",
+            ))
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let meta = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::corrupt(path, "is not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Error::corrupt(
+            path,
+            format!("is {} bytes, over the {} byte limit", meta.len(), MAX_FILE_BYTES),
+        ));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    Read::by_ref(&mut f)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(Some(buf))
+}
+
+/// Parses a versioned JSON document: checks `schema_version` before the
+/// typed parse, so that a newer major version gets [`Error::NewerSchema`]
+/// rather than a confusing field error.
+///
+/// # Errors
+/// [`Error::Corrupt`] for invalid JSON, a missing or non-integer
+/// `schema_version`, or a field that breaks the schema;
+/// [`Error::NewerSchema`] for a version above `supported`.
+pub fn parse_versioned<T: DeserializeOwned>(path: &Path, bytes: &[u8], supported: u64) -> Result<T> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Error::corrupt(path, format!("not UTF-8: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
+    let version = value
+        .get("schema_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::corrupt(path, "missing or non-integer `schema_version`"))?;
+    if version > supported {
+        return Err(Error::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| Error::corrupt(path, e.to_string()))
+}
+
+/// Reads `tasks/<id>.json`; `Ok(None)` when absent.
+///
+/// # Errors
+/// As [`read_bytes`] and [`parse_versioned`], plus [`Error::Corrupt`] when
+/// the `id` inside does not match the file name.
+pub fn read_task(path: &Path, id: &TaskId) -> Result<Option<Task>> {
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok(None);
+    };
+    let task: Task = parse_versioned(path, &bytes, TASK_SCHEMA_VERSION)?;
+    if &task.id != id {
+        return Err(Error::corrupt(
+            path,
+            format!("holds task `{}`, not `{id}`", task.id),
+        ));
+    }
+    Ok(Some(task))
+}
+
+/// Reads `config.json`; `Ok(None)` when absent.
+///
+/// # Errors
+/// As [`read_bytes`] and [`parse_versioned`].
+pub fn read_config(path: &Path) -> Result<Option<Config>> {
+    match read_bytes(path)? {
+        None => Ok(None),
+        Some(b) => parse_versioned(path, &b, CONFIG_SCHEMA_VERSION).map(Some),
+    }
+}
+
+/// Serialises `value` as the spec's pretty JSON (two-space indent, UTF-8,
+/// trailing newline).
+///
+/// # Errors
+/// [`Error::Other`] if serialisation fails (it does not for our types).
+pub fn to_pretty(value: &impl Serialize) -> Result<Vec<u8>> {
+    let mut v = serde_json::to_vec_pretty(value).map_err(|e| Error::Other(e.to_string()))?;
+    v.push(b'\n');
+    Ok(v)
+}
+
+/// fsyncs a directory so that a rename or unlink in it survives power loss.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    d.sync_all().map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Replaces `path` with `bytes` atomically (`spec` section 4.2): remove a
+/// leftover temp file, create `<dir>/.tmp-write` exclusively (never
+/// following a planted symlink), write, fsync when `durable`, rename over
+/// `path`, and fsync the directory when `durable && sync_parent`. The caller
+/// must hold the directory lock, which is what makes one fixed temp name safe.
+///
+/// # Errors
+/// [`Error::Io`] for any failing step; the temp file is removed and `path`
+/// is left as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Other(format!("no parent directory for {}", path.display())))?;
+    let tmp = dir.join(TEMP_NAME);
+    crate::faults::point("before_temp_write");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove stale temp file", &tmp, e)),
+    }
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| Error::io("create temp file", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        crate::faults::point("after_temp_write");
+        if durable {
+            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        }
+        crate::faults::point("after_fsync");
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        crate::faults::point("after_rename");
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    if durable && sync_parent {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Creates a directory (and parents) unless it exists; refuses a symlink in
+/// its place.
+///
+/// # Errors
+/// [`Error::Corrupt`] if `dir` is a symlink or not a directory; [`Error::Io`].
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::corrupt(
+            dir,
+            "is a symlink; symlinks inside .coordination/ are refused",
+        )),
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::corrupt(dir, "is not a directory")),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
+        }
+        Err(e) => Err(Error::io("stat", dir, e)),
+    }
+}

@@ -49,10 +49,16 @@ impl Backoff {
     /// `max_ms < base_ms`.
     pub fn validate(&self) -> Result<()> {
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
-            return Err(Error::Invalid(format!("backoff factor {} must be >= 1", self.factor)));
+            return Err(Error::Invalid(format!(
+                "backoff factor {} must be >= 1",
+                self.factor
+            )));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(Error::Invalid(format!("backoff jitter {} must be in 0..1", self.jitter)));
+            return Err(Error::Invalid(format!(
+                "backoff jitter {} must be in 0..1",
+                self.jitter
+            )));
         }
         if self.max_ms < self.base_ms {
             return Err(Error::Invalid("backoff max_ms must be >= base_ms".into()));

@@ -91,7 +91,8 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
         let mut line = serde_json::to_vec(ev).map_err(|e| Error::Other(e.to_string()))?;
         line.push(b'\n');
         crate::faults::point("before_event_append");
-        f.write_all(&line).map_err(|e| Error::io("append", path, e))?;
+        f.write_all(&line)
+            .map_err(|e| Error::io("append", path, e))?;
     }
     Ok(())
 }

@@ -43,7 +43,10 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::corrupt(path, "is a symlink; symlinks inside .coordination/ are refused")
+                Error::corrupt(
+                    path,
+                    "is a symlink; symlinks inside .coordination/ are refused",
+                )
             } else {
                 Error::io("open lock file", path, e)
             }

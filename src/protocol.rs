@@ -74,7 +74,10 @@ pub struct NotReady {
     pub message: String,
 }
 
-fn ser_opt_ts<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn ser_opt_ts<S: serde::Serializer>(
+    t: &Option<Timestamp>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_str(&clock::format(t)),
         None => s.serialize_none(),
@@ -163,7 +166,10 @@ impl Coordination {
     pub fn init(dir: impl Into<PathBuf>, goal: Option<String>) -> Result<(Self, bool)> {
         let layout = Layout::new(dir.into());
         store::ensure_dir(layout.root())?;
-        let _guard = lock::acquire(&layout.lock(), Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS))?;
+        let _guard = lock::acquire(
+            &layout.lock(),
+            Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
+        )?;
         let created = match store::read_config(&layout.config())? {
             Some(_) => false,
             None => {
@@ -197,7 +203,9 @@ impl Coordination {
             config,
             clock: Arc::new(SystemClock),
             lock_timeout: Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
-            correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID").ok().filter(|s| !s.is_empty()),
+            correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID")
+                .ok()
+                .filter(|s| !s.is_empty()),
             index,
         })
     }
@@ -320,9 +328,10 @@ impl Coordination {
             if old.lease_expires_at != t.lease_expires_at {
                 self.index.remove_lease(&old)?;
             }
-            tx.event("task_heartbeat", &t, None)
-                .detail
-                .insert("lease_expires_at".into(), Value::from(t.lease_expires_at.map(|x| clock::format(&x))));
+            tx.event("task_heartbeat", &t, None).detail.insert(
+                "lease_expires_at".into(),
+                Value::from(t.lease_expires_at.map(|x| clock::format(&x))),
+            );
             Ok(t)
         })
     }
@@ -363,7 +372,12 @@ impl Coordination {
             self.index.add_ready(&t)?;
             tx.save(&t)?;
             self.index.remove_lease(&old)?;
-            tx.event_from("task_released", &t, Some(old.status), old.claimed_by.clone());
+            tx.event_from(
+                "task_released",
+                &t,
+                Some(old.status),
+                old.claimed_by.clone(),
+            );
             Ok(t)
         })
     }
@@ -384,7 +398,12 @@ impl Coordination {
             self.index.remove_lease(&old)?;
             self.index.remove_ready(&old)?;
             self.index.remove_waiting(&old.id)?;
-            tx.event_from("task_cancelled", &t, Some(old.status), old.claimed_by.clone());
+            tx.event_from(
+                "task_cancelled",
+                &t,
+                Some(old.status),
+                old.claimed_by.clone(),
+            );
             let mut out = vec![t];
             out.extend(tx.propagate_blocked(&id)?);
             Ok(out)
@@ -418,7 +437,8 @@ impl Coordination {
     /// [`Error::TaskNotFound`]; data and I/O errors.
     pub fn get(&self, id: &str) -> Result<Task> {
         let id = TaskId::new(id)?;
-        store::read_task(&self.layout.task(&id), &id)?.ok_or_else(|| Error::TaskNotFound(id.to_string()))
+        store::read_task(&self.layout.task(&id), &id)?
+            .ok_or_else(|| Error::TaskNotFound(id.to_string()))
     }
 
     /// Reads every task without locking. Unreadable files are reported in
@@ -437,12 +457,15 @@ impl Coordination {
             if layout::is_hidden(name) {
                 continue;
             }
-            let Some(stem) = name.strip_suffix(".json") else { continue };
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
             let path = ent.path();
             let id = match TaskId::new(stem) {
                 Ok(id) => id,
                 Err(_) => {
-                    out.errors.push(Error::corrupt(path, "file name is not a valid task id"));
+                    out.errors
+                        .push(Error::corrupt(path, "file name is not a valid task id"));
                     continue;
                 }
             };
@@ -452,7 +475,8 @@ impl Coordination {
                 Err(e) => out.errors.push(e),
             }
         }
-        out.tasks.sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
+        out.tasks
+            .sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
         Ok(out)
     }
 
@@ -529,7 +553,8 @@ struct Txn<'a> {
 
 impl Txn<'_> {
     fn load(&self, id: &TaskId) -> Result<Task> {
-        store::read_task(&self.c.layout.task(id), id)?.ok_or_else(|| Error::TaskNotFound(id.to_string()))
+        store::read_task(&self.c.layout.task(id), id)?
+            .ok_or_else(|| Error::TaskNotFound(id.to_string()))
     }
 
     fn save(&mut self, t: &Task) -> Result<()> {
@@ -543,7 +568,13 @@ impl Txn<'_> {
         self.event_from(name, t, from, t.claimed_by.clone())
     }
 
-    fn event_from(&mut self, name: &str, t: &Task, from: Option<Status>, agent: Option<String>) -> &mut Event {
+    fn event_from(
+        &mut self,
+        name: &str,
+        t: &Task,
+        from: Option<Status>,
+        agent: Option<String>,
+    ) -> &mut Event {
         let mut e = Event::new(name, self.now);
         e.task_id = Some(t.id.to_string());
         e.agent_id = agent;
@@ -582,13 +613,18 @@ impl Txn<'_> {
 
     fn roll_back_batch(&mut self) -> Result<()> {
         let p = self.c.layout.batch_intent();
-        let Some(bytes) = store::read_bytes(&p)? else { return Ok(()) };
+        let Some(bytes) = store::read_bytes(&p)? else {
+            return Ok(());
+        };
         let ids: Vec<String> = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v.get("task_ids").cloned())
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
-        tracing::warn!(count = ids.len(), "rolling back a batch create interrupted by a crash");
+        tracing::warn!(
+            count = ids.len(),
+            "rolling back a batch create interrupted by a crash"
+        );
         for id in &ids {
             if let Ok(id) = TaskId::new(id.as_str()) {
                 let tp = self.c.layout.task(&id);
@@ -617,7 +653,8 @@ impl Txn<'_> {
         }
         self.c.index.rebuild(&listing.tasks)?;
         let mut e = Event::new("index_rebuilt", self.now);
-        e.detail.insert("tasks".into(), Value::from(listing.tasks.len()));
+        e.detail
+            .insert("tasks".into(), Value::from(listing.tasks.len()));
         self.events.push(e);
         Ok(())
     }
@@ -723,7 +760,8 @@ impl Txn<'_> {
                 self.c.index.remove_waiting(&t.id)?;
                 self.c.index.remove_ready(&t)?;
                 let e = self.event("task_blocked", &t, Some(Status::Pending));
-                e.detail.insert("blocked_by".into(), Value::from(cur.to_string()));
+                e.detail
+                    .insert("blocked_by".into(), Value::from(cur.to_string()));
                 queue.push_back(d);
                 out.push(t);
             }
@@ -792,14 +830,22 @@ impl Txn<'_> {
                 });
             }
             let hint = match self.readiness(&t, &no_overlay)? {
-                Readiness::Ready => return Ok(ClaimOutcome::Claimed(Box::new(self.take(t, &req.agent, lease_ms)?))),
+                Readiness::Ready => {
+                    return Ok(ClaimOutcome::Claimed(Box::new(
+                        self.take(t, &req.agent, lease_ms)?,
+                    )))
+                }
                 Readiness::NotPending => match &t.claimed_by {
                     Some(a) => format!(": it is held by {a}"),
                     None => String::new(),
                 },
                 Readiness::Waiting => ": its dependencies are not completed yet".into(),
-                Readiness::BlockedBy(d) => format!(": dependency `{d}` is dead, cancelled or missing"),
-                Readiness::BackingOff(nb) => format!(": it is backing off until {}", clock::format(&nb)),
+                Readiness::BlockedBy(d) => {
+                    format!(": dependency `{d}` is dead, cancelled or missing")
+                }
+                Readiness::BackingOff(nb) => {
+                    format!(": it is backing off until {}", clock::format(&nb))
+                }
             };
             return Err(Error::WrongState {
                 task_id: id.to_string(),
@@ -854,7 +900,8 @@ impl Txn<'_> {
                         self.save(&t)?;
                         self.c.index.remove_ready_entry(&entry)?;
                         let e = self.event("task_blocked", &t, Some(Status::Pending));
-                        e.detail.insert("blocked_by".into(), Value::from(d.to_string()));
+                        e.detail
+                            .insert("blocked_by".into(), Value::from(d.to_string()));
                         let id = t.id.clone();
                         self.propagate_blocked(&id)?;
                     }
@@ -871,10 +918,16 @@ impl Txn<'_> {
         let (reason, message) = if let Some(nb) = next_ready_at {
             (
                 NotReadyReason::BackingOff,
-                format!("every ready task is backing off; the next is ready at {}", clock::format(&nb)),
+                format!(
+                    "every ready task is backing off; the next is ready at {}",
+                    clock::format(&nb)
+                ),
             )
         } else if skipped_by_filter {
-            (NotReadyReason::NoMatch, "no ready task carries the requested tags".to_string())
+            (
+                NotReadyReason::NoMatch,
+                "no ready task carries the requested tags".to_string(),
+            )
         } else if self.c.index.any_waiting()? {
             (
                 NotReadyReason::WaitingOnDependencies,
@@ -896,7 +949,9 @@ impl Txn<'_> {
     }
 
     fn entry_matches(&self, e: &ReadyEntry, t: &Task) -> bool {
-        t.status == Status::Pending && e.name == format!("{:012}-{}", t.seq, t.id) && e.bucket == format!("{:02}-{:012}", t.priority, t.seq / 256)
+        t.status == Status::Pending
+            && e.name == format!("{:012}-{}", t.seq, t.id)
+            && e.bucket == format!("{:02}-{:012}", t.priority, t.seq / 256)
     }
 
     fn complete(&mut self, id: &TaskId, token: u64, result: Option<Value>) -> Result<Task> {
@@ -911,7 +966,10 @@ impl Txn<'_> {
                 Ok(Some(dt)) => dt,
                 _ => continue,
             };
-            if matches!(self.readiness(&dt, &overlay)?, Readiness::Ready | Readiness::BackingOff(_)) {
+            if matches!(
+                self.readiness(&dt, &overlay)?,
+                Readiness::Ready | Readiness::BackingOff(_)
+            ) {
                 promote.push(dt);
             }
         }
@@ -923,7 +981,12 @@ impl Txn<'_> {
             self.c.index.remove_waiting(&d.id)?;
         }
         self.c.index.remove_lease(&old)?;
-        self.event_from("task_completed", &t, Some(old.status), old.claimed_by.clone());
+        self.event_from(
+            "task_completed",
+            &t,
+            Some(old.status),
+            old.claimed_by.clone(),
+        );
         Ok(t)
     }
 
@@ -1007,7 +1070,11 @@ impl Txn<'_> {
         let mut out = Vec::new();
         for (i, (t, from)) in changed.into_iter().enumerate() {
             self.save(&t)?;
-            let name = if i == 0 { "task_retried" } else { "task_unblocked" };
+            let name = if i == 0 {
+                "task_retried"
+            } else {
+                "task_unblocked"
+            };
             self.event_from(name, &t, Some(from), None);
             out.push(t);
         }
@@ -1024,10 +1091,14 @@ impl Txn<'_> {
             let id = match &s.id {
                 Some(key) => {
                     if key_to_id.contains_key(key) {
-                        return Err(Error::Invalid(format!("id `{key}` appears twice in the batch")));
+                        return Err(Error::Invalid(format!(
+                            "id `{key}` appears twice in the batch"
+                        )));
                     }
                     let want = TaskId::new(key.as_str())?;
-                    let taken = |id: &TaskId| used.contains(id) || c.layout.task(id).symlink_metadata().is_ok();
+                    let taken = |id: &TaskId| {
+                        used.contains(id) || c.layout.task(id).symlink_metadata().is_ok()
+                    };
                     let id = if !taken(&want) {
                         want
                     } else if ids == BatchIds::Exact {
@@ -1036,7 +1107,10 @@ impl Txn<'_> {
                         let mut n = 0;
                         loop {
                             let hex = &uuid::Uuid::new_v4().simple().to_string()[..4];
-                            let cand = TaskId::new(format!("{}-{hex}", &key[..key.len().min(task::MAX_ID_LEN - 5)]))?;
+                            let cand = TaskId::new(format!(
+                                "{}-{hex}",
+                                &key[..key.len().min(task::MAX_ID_LEN - 5)]
+                            ))?;
                             if !taken(&cand) {
                                 break cand;
                             }
@@ -1094,7 +1168,8 @@ impl Txn<'_> {
             deps.push(v);
         }
         // 3. Cycle check inside the batch (existing tasks cannot depend on new ones).
-        let pos: HashMap<&TaskId, usize> = real_ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        let pos: HashMap<&TaskId, usize> =
+            real_ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
         let order = topo_order(&real_ids, &deps, &pos)?;
         // 4. Build tasks in topological order to derive their initial state.
         let mut next_seq = c.index.next_seq()?;
@@ -1174,7 +1249,12 @@ impl Txn<'_> {
                 "schema_version": 1,
                 "task_ids": tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>(),
             });
-            store::write_atomic(&c.layout.batch_intent(), &store::to_pretty(&intent)?, c.durable(), true)?;
+            store::write_atomic(
+                &c.layout.batch_intent(),
+                &store::to_pretty(&intent)?,
+                c.durable(),
+                true,
+            )?;
             crate::faults::point("after_batch_intent");
             for (i, t) in tasks.iter().enumerate() {
                 if i == 1 {
@@ -1201,7 +1281,12 @@ impl Txn<'_> {
             if !t.dependencies.is_empty() {
                 e.detail.insert(
                     "dependencies".into(),
-                    Value::from(t.dependencies.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+                    Value::from(
+                        t.dependencies
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>(),
+                    ),
                 );
             }
         }
@@ -1211,7 +1296,11 @@ impl Txn<'_> {
 
 /// Kahn's algorithm over the batch; returns indices in dependency order, or
 /// the cycle found.
-fn topo_order(ids: &[TaskId], deps: &[Vec<TaskId>], pos: &HashMap<&TaskId, usize>) -> Result<Vec<usize>> {
+fn topo_order(
+    ids: &[TaskId],
+    deps: &[Vec<TaskId>],
+    pos: &HashMap<&TaskId, usize>,
+) -> Result<Vec<usize>> {
     let n = ids.len();
     let mut indeg = vec![0usize; n];
     let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];

@@ -51,7 +51,11 @@ pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
     if meta.len() > MAX_FILE_BYTES {
         return Err(Error::corrupt(
             path,
-            format!("is {} bytes, over the {} byte limit", meta.len(), MAX_FILE_BYTES),
+            format!(
+                "is {} bytes, over the {} byte limit",
+                meta.len(),
+                MAX_FILE_BYTES
+            ),
         ));
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
@@ -70,9 +74,13 @@ pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
 /// [`Error::Corrupt`] for invalid JSON, a missing or non-integer
 /// `schema_version`, or a field that breaks the schema;
 /// [`Error::NewerSchema`] for a version above `supported`.
-pub fn parse_versioned<T: DeserializeOwned>(path: &Path, bytes: &[u8], supported: u64) -> Result<T> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| Error::corrupt(path, format!("not UTF-8: {e}")))?;
+pub fn parse_versioned<T: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    supported: u64,
+) -> Result<T> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| Error::corrupt(path, format!("not UTF-8: {e}")))?;
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
     let version = value
@@ -136,7 +144,8 @@ pub fn to_pretty(value: &impl Serialize) -> Result<Vec<u8>> {
 /// [`Error::Io`].
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
-    d.sync_all().map_err(|e| Error::io("fsync directory", dir, e))
+    d.sync_all()
+        .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// Replaces `path` with `bytes` atomically (`spec` section 4.2): remove a
@@ -167,7 +176,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| Error::io("create temp file", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         crate::faults::point("after_temp_write");
         if durable {
             f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;

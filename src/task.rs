@@ -30,13 +30,17 @@ pub fn validate_name(what: &str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        let shown: String = s.chars().take(40).collect::<String>().escape_debug().to_string();
+        let shown: String = s
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
         Err(Error::Invalid(format!(
             "invalid {what} \"{shown}\": use 1-{MAX_ID_LEN} characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
         )))
@@ -299,7 +303,9 @@ pub fn validate_new(t: &NewTask) -> Result<()> {
     }
     for tag in &t.context.tags {
         if tag.is_empty() || tag.len() > MAX_ID_LEN {
-            return Err(Error::Invalid(format!("tag `{tag}` must be 1-{MAX_ID_LEN} bytes")));
+            return Err(Error::Invalid(format!(
+                "tag `{tag}` must be 1-{MAX_ID_LEN} bytes"
+            )));
         }
     }
     Ok(())
@@ -332,11 +338,19 @@ impl Task {
     /// [`Error::WrongState`] when the task is not claimed and the token is current.
     pub fn check_token(&self, token: u64, now: Timestamp, action: &str) -> Result<()> {
         if token != self.fencing_token {
+            let detail = if token > self.fencing_token {
+                "no claim of this task ever returned that token".to_string()
+            } else {
+                format!(
+                    "the task was claimed again since, and is now {}",
+                    self.status
+                )
+            };
             return Err(Error::LeaseLost {
                 task_id: self.id.to_string(),
                 presented: token,
                 current: self.fencing_token,
-                detail: format!("the task was claimed again and is now {}", self.status),
+                detail,
             });
         }
         if self.status != Status::Claimed {
@@ -443,7 +457,12 @@ impl Task {
     pub fn cancel(&mut self, now: Timestamp, reason: Option<String>) -> Result<()> {
         match self.status {
             Status::Pending | Status::Claimed | Status::Blocked => {}
-            _ => return Err(self.wrong("cancel", "only pending, claimed or blocked tasks can be cancelled")),
+            _ => {
+                return Err(self.wrong(
+                    "cancel",
+                    "only pending, claimed or blocked tasks can be cancelled",
+                ))
+            }
         }
         self.status = Status::Cancelled;
         self.error = Some(reason.unwrap_or_else(|| "cancelled".into()));
@@ -459,8 +478,14 @@ impl Task {
     /// # Errors
     /// [`Error::WrongState`] for other states.
     pub fn retry(&mut self, now: Timestamp) -> Result<()> {
-        if !matches!(self.status, Status::Dead | Status::Cancelled | Status::Blocked) {
-            return Err(self.wrong("retry", "only dead, cancelled or blocked tasks can be retried"));
+        if !matches!(
+            self.status,
+            Status::Dead | Status::Cancelled | Status::Blocked
+        ) {
+            return Err(self.wrong(
+                "retry",
+                "only dead, cancelled or blocked tasks can be retried",
+            ));
         }
         self.status = Status::Pending;
         self.attempts = 0;

@@ -1,0 +1,154 @@
+//! Argument parsing (clap derive; doc comments are the `--help` text) and
+//! dispatch. Commands call the library and hand data to `output`.
+
+mod exit;
+mod logging;
+mod output;
+mod tasks;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Coordinate many AI coding agents and worker processes through a shared
+/// `.coordination/` directory: create, claim, heartbeat, complete, fail and
+/// retry tasks atomically, with no server.
+///
+/// Exit codes: 0 done, 1 failure, 2 usage, 3 not found / nothing ready,
+/// 4 conflict (wrong state, lease lost, id taken, cycle), 5 timed out,
+/// 65 bad data, 74 I/O error, 130 interrupted.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchestrate",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// The coordination directory [default: $COORDINATION_DIR, else ./.coordination]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+    /// Who is calling (agent id) [env: ORCHESTRATE_AGENT_ID]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCHESTRATE_AGENT_ID",
+        hide_env = true,
+        value_name = "ID"
+    )]
+    pub agent: Option<String>,
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format on stderr: text or json [env: ORCHESTRATE_LOG_FORMAT]
+    #[arg(long, global = true, env = "ORCHESTRATE_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"], value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// How long to wait for the directory lock, e.g. 10s, 500ms
+    #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lock_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the coordination directory (safe to run twice); with -o also
+    /// write a run configuration file (orchestration.json)
+    Init(tasks::InitArgs),
+    /// Add a task to the queue (or, with -c FILE, to a configuration file)
+    CreateTask(tasks::CreateArgs),
+    /// Claim the most urgent ready task (or the named one); exit 3 if none
+    Claim(tasks::ClaimArgs),
+    /// Extend the lease of a task you hold
+    Heartbeat(tasks::TokenArgs),
+    /// Report a task you hold as completed
+    Complete(tasks::CompleteArgs),
+    /// Report the current attempt of a task you hold as failed
+    Fail(tasks::FailArgs),
+    /// Give a task you hold back to the queue without spending an attempt
+    Release(tasks::TokenArgs),
+    /// Cancel a pending, claimed or blocked task (its dependents become blocked)
+    Cancel(tasks::CancelArgs),
+    /// Bring a dead, cancelled or blocked task back to pending, with its blocked dependents
+    Retry(tasks::IdArg),
+    /// Reclaim expired leases now and print what was done
+    Reap,
+    /// List tasks
+    List(tasks::ListArgs),
+    /// Show one task
+    Show(tasks::IdArg),
+    /// Counts per state, ready tasks, holdings per agent, oldest pending age
+    Status,
+    /// Rebuild the derived claim index from the task files
+    Reindex,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.global);
+    let json = cli.global.json;
+    match run(cli) {
+        Ok(code) => exit::exit(code),
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return exit::exit(0);
+            }
+            let code = exit::code_of(&e);
+            if json {
+                let _ = output::json(&serde_json::json!({
+                    "error": { "kind": exit::kind_of(&e), "message": format!("{e:#}"), "exit_code": code }
+                }));
+            }
+            eprintln!("orchestrate: error: {e:#}");
+            exit::exit(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => tasks::init(g, a),
+        Command::CreateTask(a) => tasks::create(g, a),
+        Command::Claim(a) => tasks::claim(g, a),
+        Command::Heartbeat(a) => tasks::heartbeat(g, a),
+        Command::Complete(a) => tasks::complete(g, a),
+        Command::Fail(a) => tasks::fail(g, a),
+        Command::Release(a) => tasks::release(g, a),
+        Command::Cancel(a) => tasks::cancel(g, a),
+        Command::Retry(a) => tasks::retry(g, a),
+        Command::Reap => tasks::reap(g),
+        Command::List(a) => tasks::list(g, a),
+        Command::Show(a) => tasks::show(g, a),
+        Command::Status => tasks::status(g),
+        Command::Reindex => tasks::reindex(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

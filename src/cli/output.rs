@@ -1,0 +1,127 @@
+//! The only stdout writer: human text or one `--json` document
+//! (`spec/PROTOCOL.md` section 11).
+
+use orchestrate::{clock, Task};
+use serde::Serialize;
+use std::io::Write;
+
+/// Prints `value` as one pretty JSON document on stdout.
+pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Prints one JSON Lines record on stdout and flushes it.
+#[allow(dead_code)] // used by streaming commands
+pub fn json_line(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints a line of human text on stdout.
+pub fn line(s: impl AsRef<str>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_ref().as_bytes())?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Cuts `s` to at most `n` characters, marking the cut with `…`.
+pub fn truncate(s: &str, n: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        let mut t: String = one_line.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Renders rows as a left-aligned table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let fmt_row = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = fmt_row(header.to_vec());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&fmt_row(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A task in human form, as `show` prints it.
+pub fn task_details(t: &Task) -> String {
+    let ts = |x: &Option<orchestrate::Timestamp>| {
+        x.as_ref().map(clock::format).unwrap_or_else(|| "-".into())
+    };
+    let mut s = format!(
+        "id:            {}\nstatus:        {}\npriority:      {}\ndescription:   {}\n",
+        t.id, t.status, t.priority, t.description
+    );
+    let deps: Vec<String> = t.dependencies.iter().map(|d| d.to_string()).collect();
+    s += &format!(
+        "dependencies:  {}\n",
+        if deps.is_empty() {
+            "-".into()
+        } else {
+            deps.join(", ")
+        }
+    );
+    s += &format!("attempts:      {}/{}\n", t.attempts, t.max_attempts);
+    s += &format!(
+        "claimed_by:    {}\n",
+        t.claimed_by.as_deref().unwrap_or("-")
+    );
+    s += &format!("fencing_token: {}\n", t.fencing_token);
+    s += &format!("lease_expires: {}\n", ts(&t.lease_expires_at));
+    s += &format!("not_before:    {}\n", ts(&t.not_before));
+    s += &format!("created_at:    {}\n", clock::format(&t.created_at));
+    if let Some(c) = &t.command {
+        s += &format!("command:       {c}\n");
+    }
+    if !t.context.files.is_empty() {
+        s += &format!("files:         {}\n", t.context.files.join(", "));
+    }
+    if let Some(h) = &t.context.hints {
+        s += &format!("hints:         {h}\n");
+    }
+    if !t.context.tags.is_empty() {
+        s += &format!("tags:          {}\n", t.context.tags.join(", "));
+    }
+    if let Some(e) = &t.error {
+        s += &format!("error:         {e}\n");
+    }
+    if let Some(l) = &t.log_file {
+        s += &format!("log_file:      {l}\n");
+    }
+    if let Some(r) = &t.result {
+        let r = match r {
+            serde_json::Value::String(s) => s.clone(),
+            other => serde_json::to_string_pretty(other).unwrap_or_default(),
+        };
+        s += &format!("result:\n{r}\n");
+    }
+    s.trim_end().to_string()
+}

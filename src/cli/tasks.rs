@@ -1,0 +1,650 @@
+//! The task commands: init, create-task, claim, heartbeat, complete, fail,
+//! release, cancel, retry, reap, list, show, status, reindex.
+
+use super::exit::Usage;
+use super::output;
+use super::Global;
+use anyhow::{Context as _, Result};
+use clap::Args;
+use orchestrate::{
+    clock, resolve_dir, ClaimOutcome, ClaimRequest, Context, Coordination, Error, NewTask, Status,
+    Task,
+};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The goal the agents work towards
+    pub goal: Option<String>,
+    /// Also write a run configuration file (the Python tool's orchestration.json format)
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Working directory recorded in the configuration file
+    #[arg(short = 'C', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Overwrite an existing configuration file
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// What the task is
+    pub description: String,
+    /// Priority, 1 (most urgent) to 10
+    #[arg(short, long, default_value_t = 5, value_name = "N")]
+    pub priority: u8,
+    /// A task id this one depends on (repeatable)
+    #[arg(
+        short = 'd',
+        long = "depends",
+        visible_alias = "dependency",
+        value_name = "DEP"
+    )]
+    pub depends: Vec<String>,
+    /// A relevant file (repeatable)
+    #[arg(
+        short = 'f',
+        long = "files",
+        visible_alias = "file",
+        value_name = "FILE"
+    )]
+    pub files: Vec<String>,
+    /// Hints for the worker
+    #[arg(long, value_name = "TEXT")]
+    pub hints: Option<String>,
+    /// Use this id instead of a generated one
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// A tag (repeatable); `claim --tag` filters on tags
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Shell command run by the shell agent
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// Attempts before the task goes dead [default: from config.json]
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Append the task to this configuration file instead of the queue
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClaimArgs {
+    /// Claim exactly this task
+    pub task_id: Option<String>,
+    /// Only tasks with this tag (repeatable: all must match)
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Lease length, e.g. 5m, 90s [default: lease_ms from config.json]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The task id [env: ORCHESTRATE_TASK_ID]
+    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
+    pub id: String,
+    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
+    #[arg(
+        long,
+        env = "ORCHESTRATE_FENCING_TOKEN",
+        hide_env = true,
+        value_name = "N"
+    )]
+    pub token: u64,
+    /// New lease length for heartbeat, e.g. 5m [default: lease_ms from config.json]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The task id [env: ORCHESTRATE_TASK_ID]
+    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
+    pub id: String,
+    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
+    #[arg(
+        long,
+        env = "ORCHESTRATE_FENCING_TOKEN",
+        hide_env = true,
+        value_name = "N"
+    )]
+    pub token: u64,
+    /// The result, as text
+    #[arg(long, value_name = "TEXT", conflicts_with = "result_file")]
+    pub result: Option<String>,
+    /// Read the result from a file (`-` for stdin)
+    #[arg(long, value_name = "FILE")]
+    pub result_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FailArgs {
+    /// The task id [env: ORCHESTRATE_TASK_ID]
+    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
+    pub id: String,
+    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
+    #[arg(
+        long,
+        env = "ORCHESTRATE_FENCING_TOKEN",
+        hide_env = true,
+        value_name = "N"
+    )]
+    pub token: u64,
+    /// What went wrong
+    #[arg(long, value_name = "TEXT")]
+    pub error: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The task id
+    pub id: String,
+    /// Why (recorded as the task's error)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The task id
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tasks in this state (repeatable)
+    #[arg(long = "status", short = 's', value_name = "S")]
+    pub status: Vec<String>,
+    /// Only tasks with this tag
+    #[arg(long = "tag", value_name = "T")]
+    pub tag: Option<String>,
+}
+
+/// The directory from --dir / $COORDINATION_DIR / ./.coordination.
+pub fn dir(g: &Global) -> PathBuf {
+    resolve_dir(g.dir.as_deref())
+}
+
+/// Opens the coordination directory with the global flags applied.
+pub fn open(g: &Global) -> Result<Coordination> {
+    let mut c = Coordination::open(dir(g))?;
+    if let Some(t) = g.lock_timeout {
+        c = c.with_lock_timeout_ms(t.as_millis() as u64);
+    }
+    Ok(c)
+}
+
+fn agent(g: &Global) -> Result<String> {
+    match &g.agent {
+        Some(a) if !a.is_empty() => Ok(a.clone()),
+        _ => Err(Usage("no agent id: pass --agent NAME or set ORCHESTRATE_AGENT_ID".into()).into()),
+    }
+}
+
+fn print_task(g: &Global, t: &Task, human: impl FnOnce() -> String) -> Result<u8> {
+    if g.json {
+        output::json(t)?;
+    } else {
+        output::line(human())?;
+    }
+    Ok(0)
+}
+
+pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
+    let d = dir(g);
+    // Validate the config file target before touching anything.
+    if let Some(out) = &a.output {
+        if out.exists() && !a.force {
+            return Err(Usage(format!(
+                "`{}` already exists; pass --force to overwrite it",
+                out.display()
+            ))
+            .into());
+        }
+    }
+    let (c, created) = Coordination::init(&d, a.goal.clone())?;
+    let mut config_file = None;
+    if let Some(out) = &a.output {
+        let wd = match &a.cwd {
+            Some(p) => std::path::absolute(p)?,
+            None => std::env::current_dir()?,
+        };
+        let doc = json!({
+            "goal": a.goal.clone().unwrap_or_default(),
+            "working_directory": wd,
+            "max_workers": 3,
+            "model": std::env::var("CLAUDE_MODEL").unwrap_or_else(|_| "claude-sonnet-4-20250514".into()),
+            "task_timeout": 600,
+            "tasks": [],
+        });
+        write_json_file(out, &doc)?;
+        config_file = Some(out.clone());
+    }
+    if g.json {
+        output::json(&json!({
+            "dir": c.layout().root(),
+            "created": created,
+            "config": c.config(),
+            "config_file": config_file,
+        }))?;
+    } else {
+        if created {
+            output::line(format!("Initialized {}", c.layout().root().display()))?;
+        } else {
+            output::line(format!(
+                "{} already initialized; nothing changed",
+                c.layout().root().display()
+            ))?;
+        }
+        if let Some(f) = config_file {
+            output::line(format!(
+                "Config created: {}\nAdd tasks with `orchestrate create-task DESC -c {}`, run with `orchestrate from-config {}`",
+                f.display(),
+                f.display(),
+                f.display()
+            ))?;
+        }
+    }
+    Ok(0)
+}
+
+/// Writes a JSON document to a user file atomically (temp file + rename).
+pub fn write_json_file(path: &Path, doc: &Value) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&parent)
+        .with_context(|| format!("create a temp file in {}", parent.display()))?;
+    serde_json::to_writer_pretty(&mut tmp, doc)?;
+    std::io::Write::write_all(&mut tmp, b"\n")?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn create(g: &Global, a: CreateArgs) -> Result<u8> {
+    let spec = NewTask {
+        id: a.id.clone(),
+        description: a.description.clone(),
+        priority: Some(a.priority),
+        dependencies: a.depends.clone(),
+        context: Context {
+            files: a.files.clone(),
+            hints: a.hints.clone(),
+            tags: a.tags.clone(),
+        },
+        command: a.command.clone(),
+        max_attempts: a.max_attempts,
+        backoff: None,
+    };
+    orchestrate::task::validate_new(&spec)?;
+    if let Some(cfg) = &a.config {
+        return create_in_config(g, cfg, &a);
+    }
+    let c = open(g)?;
+    let t = c.create(spec)?;
+    print_task(g, &t, || t.id.to_string())
+}
+
+fn create_in_config(g: &Global, cfg: &Path, a: &CreateArgs) -> Result<u8> {
+    let text = match std::fs::read_to_string(cfg) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Invalid(format!(
+                "configuration file `{}` not found; create it with `orchestrate init GOAL -o {}`",
+                cfg.display(),
+                cfg.display()
+            ))
+            .into())
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", cfg.display())),
+    };
+    let mut doc: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("`{}` is not valid JSON: {e}", cfg.display())))?;
+    let tasks = doc
+        .as_object_mut()
+        .ok_or_else(|| Error::Invalid(format!("`{}` is not a JSON object", cfg.display())))?
+        .entry("tasks")
+        .or_insert_with(|| Value::Array(vec![]));
+    let arr = tasks
+        .as_array_mut()
+        .ok_or_else(|| Error::Invalid(format!("`tasks` in `{}` is not an array", cfg.display())))?;
+    let mut entry = serde_json::Map::new();
+    if let Some(id) = &a.id {
+        entry.insert("id".into(), json!(id));
+    }
+    entry.insert("description".into(), json!(a.description));
+    entry.insert("priority".into(), json!(a.priority));
+    if !a.depends.is_empty() {
+        entry.insert("dependencies".into(), json!(a.depends));
+    }
+    if !a.files.is_empty() {
+        entry.insert("context_files".into(), json!(a.files));
+    }
+    if let Some(h) = &a.hints {
+        entry.insert("hints".into(), json!(h));
+    }
+    if let Some(c) = &a.command {
+        entry.insert("command".into(), json!(c));
+    }
+    let entry = Value::Object(entry);
+    arr.push(entry.clone());
+    let index = arr.len() - 1;
+    write_json_file(cfg, &doc)?;
+    if g.json {
+        output::json(&json!({ "config_file": cfg, "index": index, "task": entry }))?;
+    } else {
+        output::line(format!("Task added to {}", cfg.display()))?;
+    }
+    Ok(0)
+}
+
+fn claim_json(t: &Task) -> Value {
+    json!({
+        "task": t,
+        "fencing_token": t.fencing_token,
+        "attempt": t.attempts,
+        "lease_expires_at": t.lease_expires_at.map(|x| clock::format(&x)),
+    })
+}
+
+pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
+    let c = open(g)?;
+    let req = ClaimRequest {
+        agent: agent(g)?,
+        task_id: a.task_id,
+        tags: a.tags,
+        lease_ms: a.lease.map(|d| d.as_millis() as u64),
+    };
+    match c.claim(&req)? {
+        ClaimOutcome::Claimed(t) => {
+            if g.json {
+                output::json(&claim_json(&t))?;
+            } else {
+                output::line(format!(
+                    "claimed {} (token {}, attempt {}/{}, lease until {})\n{}",
+                    t.id,
+                    t.fencing_token,
+                    t.attempts,
+                    t.max_attempts,
+                    t.lease_expires_at
+                        .map(|x| clock::format(&x))
+                        .unwrap_or_default(),
+                    t.description
+                ))?;
+            }
+            Ok(0)
+        }
+        ClaimOutcome::NothingReady(nr) => {
+            if g.json {
+                output::json(&json!({
+                    "task": null,
+                    "reason": nr.reason,
+                    "next_ready_at": nr.next_ready_at.map(|x| clock::format(&x)),
+                    "message": nr.message,
+                }))?;
+            } else {
+                eprintln!("orchestrate: nothing ready to claim: {}", nr.message);
+            }
+            Ok(3)
+        }
+    }
+}
+
+pub fn heartbeat(g: &Global, a: TokenArgs) -> Result<u8> {
+    let c = open(g)?;
+    let t = c.heartbeat(&a.id, a.token, a.lease.map(|d| d.as_millis() as u64))?;
+    print_task(g, &t, || {
+        format!(
+            "lease of {} extended until {}",
+            t.id,
+            t.lease_expires_at
+                .map(|x| clock::format(&x))
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// Longest `--result-file` accepted, in bytes (1 MiB).
+const MAX_RESULT_BYTES: u64 = 1 << 20;
+
+pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
+    let result = match (&a.result, &a.result_file) {
+        (Some(r), _) => Some(Value::String(r.clone())),
+        (None, Some(f)) => {
+            let mut buf = String::new();
+            let read = if f.as_os_str() == "-" {
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), MAX_RESULT_BYTES + 1),
+                    &mut buf,
+                )
+            } else {
+                let file =
+                    std::fs::File::open(f).with_context(|| format!("open {}", f.display()))?;
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(file, MAX_RESULT_BYTES + 1),
+                    &mut buf,
+                )
+            };
+            read.map_err(|e| {
+                Error::Invalid(format!("cannot read result from `{}`: {e}", f.display()))
+            })?;
+            if buf.len() as u64 > MAX_RESULT_BYTES {
+                return Err(Error::Invalid(format!(
+                    "result is over {MAX_RESULT_BYTES} bytes; store it in a file and put the path in the result"
+                ))
+                .into());
+            }
+            Some(Value::String(buf))
+        }
+        (None, None) => None,
+    };
+    let c = open(g)?;
+    let t = c.complete(&a.id, a.token, result)?;
+    print_task(g, &t, || format!("completed {}", t.id))
+}
+
+pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
+    let c = open(g)?;
+    let t = c.fail(&a.id, a.token, &a.error)?;
+    print_task(g, &t, || match t.status {
+        Status::Dead => format!(
+            "{} failed for good: attempts exhausted ({}/{}); it is dead",
+            t.id, t.attempts, t.max_attempts
+        ),
+        _ => format!(
+            "{} failed (attempt {}/{}); retry after {}",
+            t.id,
+            t.attempts,
+            t.max_attempts,
+            t.not_before.map(|x| clock::format(&x)).unwrap_or_default()
+        ),
+    })
+}
+
+pub fn release(g: &Global, a: TokenArgs) -> Result<u8> {
+    let c = open(g)?;
+    let t = c.release(&a.id, a.token)?;
+    print_task(g, &t, || format!("released {}", t.id))
+}
+
+fn affected_json(v: &[Task]) -> Value {
+    json!({ "task": v.first(), "affected": &v[1.min(v.len())..] })
+}
+
+pub fn cancel(g: &Global, a: CancelArgs) -> Result<u8> {
+    let c = open(g)?;
+    let v = c.cancel(&a.id, a.reason)?;
+    if g.json {
+        output::json(&affected_json(&v))?;
+    } else {
+        output::line(format!("cancelled {}", a.id))?;
+        for t in &v[1..] {
+            output::line(format!("blocked {}", t.id))?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn retry(g: &Global, a: IdArg) -> Result<u8> {
+    let c = open(g)?;
+    let v = c.retry(&a.id)?;
+    if g.json {
+        output::json(&affected_json(&v))?;
+    } else {
+        output::line(format!("{} is pending again", a.id))?;
+        for t in &v[1..] {
+            output::line(format!("unblocked {}", t.id))?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn reap(g: &Global) -> Result<u8> {
+    let c = open(g)?;
+    let v = c.reap()?;
+    if g.json {
+        output::json(&json!({ "reaped": v }))?;
+    } else if v.is_empty() {
+        output::line("no expired leases")?;
+    } else {
+        for r in &v {
+            output::line(format!(
+                "{}: lease of {} (token {}) expired; now {}",
+                r.task_id,
+                r.agent_id.as_deref().unwrap_or("-"),
+                r.fencing_token,
+                r.status
+            ))?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
+    let statuses = a
+        .status
+        .iter()
+        .map(|s| Status::parse(s))
+        .collect::<orchestrate::Result<Vec<_>>>()?;
+    let c = open(g)?;
+    let listing = c.list()?;
+    let tasks: Vec<&Task> = listing
+        .tasks
+        .iter()
+        .filter(|t| statuses.is_empty() || statuses.contains(&t.status))
+        .filter(|t| {
+            a.tag
+                .as_ref()
+                .is_none_or(|tag| t.context.tags.contains(tag))
+        })
+        .collect();
+    for e in &listing.errors {
+        eprintln!("orchestrate: warning: {e}");
+    }
+    if g.json {
+        output::json(&json!({
+            "tasks": tasks,
+            "errors": listing.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        }))?;
+    } else if tasks.is_empty() {
+        output::line("no tasks")?;
+    } else {
+        let rows: Vec<Vec<String>> = tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.to_string(),
+                    t.status.to_string(),
+                    t.priority.to_string(),
+                    format!("{}/{}", t.attempts, t.max_attempts),
+                    t.claimed_by.clone().unwrap_or_else(|| "-".into()),
+                    if t.dependencies.is_empty() {
+                        "-".into()
+                    } else {
+                        output::truncate(
+                            &t.dependencies
+                                .iter()
+                                .map(|d| d.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            30,
+                        )
+                    },
+                    output::truncate(&t.description, 50),
+                ]
+            })
+            .collect();
+        output::line(output::table(
+            &[
+                "ID",
+                "STATUS",
+                "PRI",
+                "ATTEMPTS",
+                "AGENT",
+                "DEPENDS",
+                "DESCRIPTION",
+            ],
+            &rows,
+        ))?;
+    }
+    Ok(0)
+}
+
+pub fn show(g: &Global, a: IdArg) -> Result<u8> {
+    let c = open(g)?;
+    let t = c.get(&a.id)?;
+    print_task(g, &t, || output::task_details(&t))
+}
+
+pub fn status(g: &Global) -> Result<u8> {
+    let c = open(g)?;
+    let s = c.status()?;
+    if g.json {
+        output::json(&s)?;
+        return Ok(0);
+    }
+    if !s.goal.is_empty() {
+        output::line(format!("goal: {}", s.goal))?;
+    }
+    let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    output::line(format!("tasks: {} ({})", s.total, counts.join(", ")))?;
+    output::line(format!("ready: {}", s.ready))?;
+    if let Some(age) = s.oldest_pending_age_ms {
+        output::line(format!("oldest pending: {:.1}s", age as f64 / 1000.0))?;
+    }
+    if let Some(t) = s.next_ready_at {
+        output::line(format!("next backoff ends: {}", clock::format(&t)))?;
+    }
+    if !s.agents.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .agents
+            .iter()
+            .map(|(a, ids)| vec![a.clone(), ids.len().to_string(), ids.join(", ")])
+            .collect();
+        output::line(output::table(&["AGENT", "HOLDS", "TASKS"], &rows))?;
+    }
+    for u in &s.unreadable {
+        output::line(format!("unreadable: {u}"))?;
+    }
+    Ok(0)
+}
+
+pub fn reindex(g: &Global) -> Result<u8> {
+    let c = open(g)?;
+    c.reindex()?;
+    if g.json {
+        output::json(&json!({ "reindexed": true }))?;
+    } else {
+        output::line("index rebuilt")?;
+    }
+    Ok(0)
+}

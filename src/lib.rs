@@ -23,6 +23,7 @@
 //! format and the CLI's JSON output do (`spec/PROTOCOL.md`).
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -31,8 +32,10 @@ pub mod faults;
 mod index;
 pub mod layout;
 pub mod lock;
+pub mod plan;
 pub mod protocol;
 pub mod store;
+pub mod supervisor;
 pub mod task;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

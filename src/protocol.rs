@@ -341,8 +341,23 @@ impl Coordination {
     /// # Errors
     /// As [`Coordination::heartbeat`].
     pub fn complete(&self, id: &str, token: u64, result: Option<Value>) -> Result<Task> {
+        self.complete_logged(id, token, result, None)
+    }
+
+    /// As [`Coordination::complete`], also recording the attempt's log file
+    /// (a path relative to `.coordination/`) in the task's `log_file`.
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn complete_logged(
+        &self,
+        id: &str,
+        token: u64,
+        result: Option<Value>,
+        log_file: Option<String>,
+    ) -> Result<Task> {
         let id = TaskId::new(id)?;
-        self.mutate(|tx| tx.complete(&id, token, result))
+        self.mutate(|tx| tx.complete(&id, token, result, log_file))
     }
 
     /// Fails the current attempt of a held task: back to `pending` after a
@@ -351,10 +366,32 @@ impl Coordination {
     /// # Errors
     /// As [`Coordination::heartbeat`].
     pub fn fail(&self, id: &str, token: u64, error: &str) -> Result<Task> {
+        self.fail_logged(id, token, error, None, None)
+    }
+
+    /// As [`Coordination::fail`], also recording what the attempt produced
+    /// (`result`, e.g. exit status and output tail) and its log file.
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn fail_logged(
+        &self,
+        id: &str,
+        token: u64,
+        error: &str,
+        result: Option<Value>,
+        log_file: Option<String>,
+    ) -> Result<Task> {
         let id = TaskId::new(id)?;
         self.mutate(|tx| {
-            let t = tx.load(&id)?;
+            let mut t = tx.load(&id)?;
             t.check_token(token, tx.now, "fail")?;
+            if result.is_some() {
+                t.result = result;
+            }
+            if log_file.is_some() {
+                t.log_file = log_file;
+            }
             tx.fail_attempt(t, error.to_string(), "task_failed")
         })
     }
@@ -954,10 +991,19 @@ impl Txn<'_> {
             && e.bucket == format!("{:02}-{:012}", t.priority, t.seq / 256)
     }
 
-    fn complete(&mut self, id: &TaskId, token: u64, result: Option<Value>) -> Result<Task> {
+    fn complete(
+        &mut self,
+        id: &TaskId,
+        token: u64,
+        result: Option<Value>,
+        log_file: Option<String>,
+    ) -> Result<Task> {
         let mut t = self.load(id)?;
         let old = t.clone();
         t.complete(token, self.now, result)?;
+        if log_file.is_some() {
+            t.log_file = log_file;
+        }
         let mut overlay = HashMap::new();
         overlay.insert(id.clone(), Status::Completed);
         let mut promote = Vec::new();

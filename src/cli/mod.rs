@@ -4,6 +4,7 @@
 mod exit;
 mod logging;
 mod output;
+mod run;
 mod tasks;
 
 use clap::{Args, Parser, Subcommand};
@@ -37,15 +38,6 @@ pub struct Global {
     /// The coordination directory [default: $COORDINATION_DIR, else ./.coordination]
     #[arg(long, global = true, value_name = "PATH")]
     pub dir: Option<PathBuf>,
-    /// Who is calling (agent id) [env: ORCHESTRATE_AGENT_ID]
-    #[arg(
-        long,
-        global = true,
-        env = "ORCHESTRATE_AGENT_ID",
-        hide_env = true,
-        value_name = "ID"
-    )]
-    pub agent: Option<String>,
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -94,6 +86,12 @@ pub enum Command {
     Status,
     /// Rebuild the derived claim index from the task files
     Reindex,
+    /// Plan a goal with a leader agent (or take --tasks) and run N workers until done
+    Run(run::RunArgs),
+    /// Run a saved configuration (orchestration.json)
+    FromConfig(run::FromConfigArgs),
+    /// Run one worker loop that joins the queue (claim, execute, report, repeat)
+    Work(run::WorkArgs),
 }
 
 /// Entry point of the binary.
@@ -139,6 +137,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Show(a) => tasks::show(g, a),
         Command::Status => tasks::status(g),
         Command::Reindex => tasks::reindex(g),
+        Command::Run(a) => run::run(g, a),
+        Command::FromConfig(a) => run::from_config(g, a),
+        Command::Work(a) => run::work(g, a),
     }
 }
 

@@ -71,8 +71,35 @@ pub struct CreateArgs {
     pub config: Option<PathBuf>,
 }
 
+/// `--agent ID` for commands that act as an agent.
+#[derive(Debug, Args, Clone)]
+pub struct AgentId {
+    /// Who is calling (agent id) [env: ORCHESTRATE_AGENT_ID]
+    #[arg(
+        long = "agent",
+        env = "ORCHESTRATE_AGENT_ID",
+        hide_env = true,
+        value_name = "ID"
+    )]
+    pub agent: Option<String>,
+}
+
+impl AgentId {
+    /// The agent id, or a usage error saying how to give one.
+    pub fn require(&self) -> Result<String> {
+        match &self.agent {
+            Some(a) if !a.is_empty() => Ok(a.clone()),
+            _ => Err(
+                Usage("no agent id: pass --agent NAME or set ORCHESTRATE_AGENT_ID".into()).into(),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ClaimArgs {
+    #[command(flatten)]
+    pub who: AgentId,
     /// Claim exactly this task
     pub task_id: Option<String>,
     /// Only tasks with this tag (repeatable: all must match)
@@ -177,13 +204,6 @@ pub fn open(g: &Global) -> Result<Coordination> {
         c = c.with_lock_timeout_ms(t.as_millis() as u64);
     }
     Ok(c)
-}
-
-fn agent(g: &Global) -> Result<String> {
-    match &g.agent {
-        Some(a) if !a.is_empty() => Ok(a.clone()),
-        _ => Err(Usage("no agent id: pass --agent NAME or set ORCHESTRATE_AGENT_ID".into()).into()),
-    }
 }
 
 fn print_task(g: &Global, t: &Task, human: impl FnOnce() -> String) -> Result<u8> {
@@ -359,7 +379,7 @@ fn claim_json(t: &Task) -> Value {
 pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
     let c = open(g)?;
     let req = ClaimRequest {
-        agent: agent(g)?,
+        agent: a.who.require()?,
         task_id: a.task_id,
         tags: a.tags,
         lease_ms: a.lease.map(|d| d.as_millis() as u64),

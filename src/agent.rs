@@ -1,0 +1,576 @@
+//! Agent adapters: turn a task into a process and the process's exit into a
+//! result (`spec/PROTOCOL.md` section 13.2). Two adapters: `shell` runs the
+//! task's `command` with `sh -c`; `claude` runs the Claude Code CLI
+//! headless (`claude -p PROMPT --output-format json`).
+//!
+//! Every child runs in its own process group, with stdin closed, so that a
+//! timeout or Ctrl-C can kill it and everything it started (`kill(2)` with a
+//! negative pid).
+
+use crate::error::{Error, Result};
+use crate::task::{Task, TaskId};
+use serde_json::{json, Value};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bytes of output kept in a task's result: the last 64 KiB.
+pub const OUTPUT_TAIL_BYTES: u64 = 64 * 1024;
+
+/// Which adapter runs tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    /// The Claude Code CLI.
+    Claude,
+    /// The task's shell command.
+    Shell,
+}
+
+impl AgentKind {
+    /// `claude` or `shell`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Claude => "claude",
+            AgentKind::Shell => "shell",
+        }
+    }
+}
+
+/// How to run the Claude Code CLI.
+#[derive(Debug, Clone)]
+pub struct ClaudeOptions {
+    /// The executable (`claude`, `--claude-bin`, `$ORCHESTRATE_CLAUDE_BIN`).
+    pub bin: PathBuf,
+    /// `--model`, when set.
+    pub model: Option<String>,
+    /// `--permission-mode`, when set (e.g. `acceptEdits`).
+    pub permission_mode: Option<String>,
+    /// More arguments, appended as given.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClaudeOptions {
+    fn default() -> Self {
+        ClaudeOptions {
+            bin: PathBuf::from("claude"),
+            model: None,
+            permission_mode: Some("acceptEdits".into()),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Adapter configuration.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Which adapter.
+    pub kind: AgentKind,
+    /// Claude options (used when `kind` is `Claude`).
+    pub claude: ClaudeOptions,
+}
+
+/// Everything an adapter needs for one attempt.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    /// The claimed task.
+    pub task: &'a Task,
+    /// Agent id holding the claim.
+    pub agent_id: &'a str,
+    /// The run's goal (may be empty).
+    pub goal: &'a str,
+    /// The coordination directory.
+    pub coordination_dir: &'a Path,
+    /// Where the process runs.
+    pub working_dir: &'a Path,
+    /// Results of the task's dependencies.
+    pub dependency_results: Vec<(TaskId, Option<Value>)>,
+    /// Wall-clock limit for the attempt.
+    pub timeout: Duration,
+    /// Set to stop the attempt early (Ctrl-C, lease lost).
+    pub cancel: &'a AtomicBool,
+    /// The run's correlation id, passed to the child's environment.
+    pub correlation_id: Option<&'a str>,
+}
+
+/// What an attempt produced.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// True when the task should be completed.
+    pub ok: bool,
+    /// The result to record (on success and on failure).
+    pub result: Value,
+    /// Why it failed, when `ok` is false.
+    pub error: Option<String>,
+    /// The log file, relative to the coordination directory.
+    pub log_file: String,
+    /// True when the attempt was stopped through `cancel`.
+    pub cancelled: bool,
+}
+
+/// How a child process ended.
+#[derive(Debug)]
+pub struct ProcessEnd {
+    /// Exit status, when it exited.
+    pub status: Option<ExitStatus>,
+    /// True when it was killed for running past the timeout.
+    pub timed_out: bool,
+    /// True when it was killed because `cancel` was set.
+    pub cancelled: bool,
+    /// Wall time, in milliseconds.
+    pub duration_ms: u64,
+}
+
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we
+    // created for this child; it has no memory-safety preconditions.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+/// Runs `cmd` in a new process group with stdin closed, killing the whole
+/// group after `timeout` or when `cancel` is set.
+///
+/// # Errors
+/// [`Error::Other`] when the process cannot be started.
+pub fn run_process(mut cmd: Command, timeout: Duration, cancel: &AtomicBool) -> Result<ProcessEnd> {
+    cmd.stdin(Stdio::null()).process_group(0);
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::Other(format!(
+            "cannot start `{}`: {e}",
+            cmd.get_program().to_string_lossy()
+        ))
+    })?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = child.wait();
+        let _ = tx.send(r);
+    });
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => break r.ok(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !timed_out && !cancelled {
+                    if cancel.load(Ordering::SeqCst) {
+                        cancelled = true;
+                        kill_group(pid);
+                    } else if start.elapsed() >= timeout {
+                        timed_out = true;
+                        kill_group(pid);
+                    }
+                }
+            }
+        }
+    };
+    // The leader of the group is gone; make sure nothing it started lingers.
+    kill_group(pid);
+    let _ = waiter.join();
+    Ok(ProcessEnd {
+        status,
+        timed_out,
+        cancelled,
+        duration_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+/// The last `n` bytes of a file as (lossy) UTF-8.
+fn tail(path: &Path, n: u64) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > n {
+        let _ = f.seek(SeekFrom::Start(len - n));
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(n).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn describe_end(end: &ProcessEnd, timeout: Duration) -> String {
+    if end.timed_out {
+        format!(
+            "timed out after {} s; the process group was killed",
+            timeout.as_secs_f64()
+        )
+    } else if end.cancelled {
+        "stopped: the attempt was cancelled".into()
+    } else {
+        match end.status {
+            Some(s) if s.code().is_some() => format!("exit status {}", s.code().unwrap_or(-1)),
+            Some(s) => format!("killed by signal {}", s.signal().unwrap_or(0)),
+            None => "the process could not be waited for".into(),
+        }
+    }
+}
+
+fn base_env(cmd: &mut Command, a: &Attempt<'_>) {
+    cmd.current_dir(a.working_dir)
+        .env("ORCHESTRATE_DIR", a.coordination_dir)
+        .env("COORDINATION_DIR", a.coordination_dir)
+        .env("ORCHESTRATE_TASK_ID", a.task.id.as_str())
+        .env("ORCHESTRATE_AGENT_ID", a.agent_id)
+        .env(
+            "ORCHESTRATE_FENCING_TOKEN",
+            a.task.fencing_token.to_string(),
+        )
+        .env("ORCHESTRATE_ATTEMPT", a.task.attempts.to_string());
+    if let Some(c) = a.correlation_id {
+        cmd.env("ORCHESTRATE_CORRELATION_ID", c);
+    }
+}
+
+fn log_paths(a: &Attempt<'_>, ext: &str) -> Result<(PathBuf, String)> {
+    let dir = a.coordination_dir.join("logs");
+    crate::store::ensure_dir(&dir)?;
+    let name = format!("{}.{}.{ext}", a.task.id, a.task.attempts);
+    Ok((dir.join(&name), format!("logs/{name}")))
+}
+
+fn create_log(path: &Path) -> Result<File> {
+    File::create(path).map_err(|e| Error::io("create log file", path, e))
+}
+
+/// Runs one attempt with the configured adapter.
+///
+/// # Errors
+/// [`Error::Io`] when the log file cannot be made. A process that cannot
+/// start, fails, or times out is an [`Execution`] with `ok: false`.
+pub fn execute(spec: &AgentSpec, a: &Attempt<'_>) -> Result<Execution> {
+    match spec.kind {
+        AgentKind::Shell => execute_shell(a),
+        AgentKind::Claude => execute_claude(&spec.claude, a),
+    }
+}
+
+fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
+    let (log_path, log_rel) = log_paths(a, "log")?;
+    let Some(command) = a.task.command.as_deref() else {
+        return Ok(Execution {
+            ok: false,
+            result: json!({ "exit_code": null }),
+            error: Some(format!(
+                "task `{}` has no `command`: the shell agent runs a task's command; add one (create-task --command) or use --agent claude",
+                a.task.id
+            )),
+            log_file: log_rel,
+            cancelled: false,
+        });
+    };
+    let log = create_log(&log_path)?;
+    let err = log
+        .try_clone()
+        .map_err(|e| Error::io("open log file", &log_path, e))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).stdout(log).stderr(err);
+    base_env(&mut cmd, a);
+    let end = match run_process(cmd, a.timeout, a.cancel) {
+        Ok(end) => end,
+        Err(e) => {
+            return Ok(Execution {
+                ok: false,
+                result: json!({ "exit_code": null }),
+                error: Some(e.to_string()),
+                log_file: log_rel,
+                cancelled: false,
+            })
+        }
+    };
+    let code = end.status.and_then(|s| s.code());
+    let ok = code == Some(0) && !end.timed_out && !end.cancelled;
+    let result = json!({
+        "exit_code": code,
+        "output": tail(&log_path, OUTPUT_TAIL_BYTES),
+        "log_file": log_rel,
+        "duration_ms": end.duration_ms,
+    });
+    Ok(Execution {
+        ok,
+        error: (!ok).then(|| describe_end(&end, a.timeout)),
+        result,
+        log_file: log_rel,
+        cancelled: end.cancelled,
+    })
+}
+
+/// Checks that the Claude binary can be run, before any task is touched.
+///
+/// # Errors
+/// [`Error::Invalid`] naming `--claude-bin` and `--agent shell`.
+pub fn check_claude(opts: &ClaudeOptions) -> Result<()> {
+    let found = if opts.bin.components().count() > 1 {
+        opts.bin.is_file()
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(&opts.bin).is_file()))
+            .unwrap_or(false)
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "the Claude Code CLI `{}` was not found: install it, point to it with --claude-bin PATH (or $ORCHESTRATE_CLAUDE_BIN), or run shell commands with --agent shell",
+            opts.bin.display()
+        )))
+    }
+}
+
+/// A parsed reply of `claude -p --output-format json`.
+#[derive(Debug, Clone)]
+pub struct ClaudeReply {
+    /// The final text.
+    pub result: String,
+    /// True when Claude reported an error.
+    pub is_error: bool,
+    /// The whole JSON object as Claude printed it (fields kept as given:
+    /// `session_id`, `total_cost_usd`, `num_turns`, `duration_ms`, ...).
+    pub raw: Value,
+}
+
+/// Parses Claude Code's JSON output (one object, or JSON lines whose last
+/// `type: "result"` object wins).
+///
+/// # Errors
+/// A sentence saying what was wrong with the output.
+pub fn parse_claude_output(stdout: &str) -> std::result::Result<ClaudeReply, String> {
+    let candidates: Vec<Value> = match serde_json::from_str::<Value>(stdout.trim()) {
+        Ok(v) => vec![v],
+        Err(_) => stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .collect(),
+    };
+    let v = candidates
+        .into_iter()
+        .rev()
+        .find(|v| {
+            v.get("type").and_then(Value::as_str) == Some("result") || v.get("result").is_some()
+        })
+        .ok_or_else(|| {
+            format!(
+                "claude printed no JSON result object (output starts with: {:?})",
+                stdout.chars().take(200).collect::<String>()
+            )
+        })?;
+    let result = match v.get("result") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    let is_error = v.get("is_error").and_then(Value::as_bool).unwrap_or(false)
+        || v.get("subtype")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with("error"));
+    Ok(ClaudeReply {
+        result,
+        is_error,
+        raw: v,
+    })
+}
+
+/// Runs `claude -p PROMPT --output-format json` in `working_dir` and parses
+/// the reply. Output goes to `stdout_path`; stderr to `stderr_path`.
+///
+/// # Errors
+/// [`Error::Other`] when the process cannot start; a failed, timed-out or
+/// unparsable run is returned as `Ok((end, Err(reason)))`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_claude(
+    opts: &ClaudeOptions,
+    prompt: &str,
+    working_dir: &Path,
+    stdout_path: &Path,
+    stderr_path: &Path,
+    timeout: Duration,
+    cancel: &AtomicBool,
+    env: &dyn Fn(&mut Command),
+) -> Result<(ProcessEnd, std::result::Result<ClaudeReply, String>)> {
+    let out = create_log(stdout_path)?;
+    let err = create_log(stderr_path)?;
+    let mut cmd = Command::new(&opts.bin);
+    cmd.arg("-p").arg(prompt).arg("--output-format").arg("json");
+    if let Some(m) = &opts.model {
+        cmd.arg("--model").arg(m);
+    }
+    if let Some(p) = &opts.permission_mode {
+        cmd.arg("--permission-mode").arg(p);
+    }
+    cmd.args(&opts.extra_args)
+        .current_dir(working_dir)
+        .stdout(out)
+        .stderr(err);
+    env(&mut cmd);
+    let end = run_process(cmd, timeout, cancel)?;
+    let stdout = std::fs::read_to_string(stdout_path).unwrap_or_default();
+    let parsed = parse_claude_output(&stdout);
+    let outcome = if end.timed_out || end.cancelled {
+        Err(describe_end(&end, timeout))
+    } else {
+        match (end.status.and_then(|s| s.code()), parsed) {
+            (Some(0), Ok(r)) => Ok(r),
+            (_, Ok(r)) if r.is_error => Ok(r),
+            (_, Ok(r)) => Err(format!(
+                "{}; claude said: {}",
+                describe_end(&end, timeout),
+                truncate(&r.result, 500)
+            )),
+            (Some(0), Err(e)) => Err(e),
+            (_, Err(_)) => Err(format!(
+                "{}; stderr: {}",
+                describe_end(&end, timeout),
+                truncate(&tail(stderr_path, 2000), 500)
+            )),
+        }
+    };
+    Ok((end, outcome))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    let t: String = s.chars().take(n).collect();
+    if t.len() < s.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+/// The prompt a worker gets (`spec` section 13.2).
+pub fn worker_prompt(a: &Attempt<'_>) -> String {
+    let t = a.task;
+    let mut p = String::new();
+    if !a.goal.is_empty() {
+        p += &format!(
+            "You are one of several workers on this goal:\n{}\n\n",
+            a.goal
+        );
+    }
+    p += &format!("## Task: {}\n**Description**: {}\n", t.id, t.description);
+    if !t.context.files.is_empty() {
+        p += &format!("**Relevant files**: {}\n", t.context.files.join(", "));
+    }
+    if let Some(h) = &t.context.hints {
+        p += &format!("**Hints**: {h}\n");
+    }
+    if !a.dependency_results.is_empty() {
+        p += "\n## Results of the tasks this one depends on\n";
+        for (id, r) in &a.dependency_results {
+            let text = match r {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => o
+                    .get("result")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| Value::Object(o.clone()).to_string()),
+                Some(other) => other.to_string(),
+                None => "(no result recorded)".into(),
+            };
+            p += &format!("### {id}\n{}\n", truncate(&text, 4000));
+        }
+    }
+    p += "\n## How to report\nDo the task in the current directory. When you are done, end with a short summary of what you did, the files you changed or created, and anything the other workers should know. That final message is recorded as the task's result. If you cannot do the task, say why and end your reply with the line `TASK FAILED`.\n";
+    p += &format!(
+        "If you find work that should be done separately, add it to the shared queue with `orchestrate create-task \"DESCRIPTION\" -p N` (the environment already points `orchestrate` at the queue; your task is {} with fencing token {}).\n",
+        t.id, t.fencing_token
+    );
+    p
+}
+
+fn execute_claude(opts: &ClaudeOptions, a: &Attempt<'_>) -> Result<Execution> {
+    let (stderr_path, log_rel) = log_paths(a, "log")?;
+    let (stdout_path, _) = log_paths(a, "json")?;
+    let prompt = worker_prompt(a);
+    let env = |cmd: &mut Command| base_env(cmd, a);
+    let (end, outcome) = match run_claude(
+        opts,
+        &prompt,
+        a.working_dir,
+        &stdout_path,
+        &stderr_path,
+        a.timeout,
+        a.cancel,
+        &env,
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            return Ok(Execution {
+                ok: false,
+                result: json!({}),
+                error: Some(e.to_string()),
+                log_file: log_rel,
+                cancelled: false,
+            })
+        }
+    };
+    Ok(match outcome {
+        Ok(reply) => {
+            let failed_by_text = reply.result.trim_end().ends_with("TASK FAILED");
+            let mut result = json!({ "result": reply.result });
+            for k in ["session_id", "total_cost_usd", "num_turns", "duration_ms"] {
+                if let Some(v) = reply.raw.get(k) {
+                    result[k] = v.clone();
+                }
+            }
+            result["log_file"] = json!(log_rel);
+            let ok = !reply.is_error && !failed_by_text;
+            Execution {
+                ok,
+                error: (!ok).then(|| {
+                    if reply.is_error {
+                        format!("claude reported an error: {}", truncate(&reply.result, 500))
+                    } else {
+                        "the worker reported TASK FAILED".to_string()
+                    }
+                }),
+                result,
+                log_file: log_rel,
+                cancelled: end.cancelled,
+            }
+        }
+        Err(reason) => Execution {
+            ok: false,
+            result: json!({ "exit_code": end.status.and_then(|s| s.code()), "log_file": log_rel }),
+            error: Some(reason),
+            log_file: log_rel,
+            cancelled: end.cancelled,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_claude_json_result() {
+        let out = r#"{"type":"result","subtype":"success","is_error":false,"result":"done","session_id":"s1","total_cost_usd":0.01,"num_turns":2,"duration_ms":1200}"#;
+        let r = parse_claude_output(out).unwrap();
+        assert_eq!(r.result, "done");
+        assert!(!r.is_error);
+        assert_eq!(r.raw["session_id"], "s1");
+        let err = r#"{"type":"result","subtype":"error_max_turns","is_error":true,"result":""}"#;
+        assert!(parse_claude_output(err).unwrap().is_error);
+        assert!(parse_claude_output("not json").is_err());
+    }
+
+    #[test]
+    fn timeout_kills_the_process_group() {
+        let cancel = AtomicBool::new(false);
+        let mut cmd = Command::new("sh");
+        // The grandchild would outlive a plain kill of `sh`.
+        cmd.arg("-c").arg("sleep 30 & sleep 30; wait");
+        let start = Instant::now();
+        let end = run_process(cmd, Duration::from_millis(300), &cancel).unwrap();
+        assert!(end.timed_out);
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,474 @@
+//! `run`, `from-config` and `work`: the supervisor and worker loops.
+
+use super::exit::Usage;
+use super::output;
+use super::tasks::{open, write_json_file, AgentId};
+use super::Global;
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use orchestrate::agent::{AgentKind, AgentSpec, ClaudeOptions};
+use orchestrate::supervisor::{self, Progress, RunOptions, RunReport, WorkerOptions};
+use orchestrate::{plan, Coordination, Status};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// The Claude Code CLI, headless
+    Claude,
+    /// The task's `command`, through `sh -c`
+    Shell,
+}
+
+impl From<Kind> for AgentKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Claude => AgentKind::Claude,
+            Kind::Shell => AgentKind::Shell,
+        }
+    }
+}
+
+/// Adapter flags shared by run, from-config and work.
+#[derive(Debug, Args, Clone)]
+pub struct AdapterArgs {
+    /// Claude model for the agents [env: CLAUDE_MODEL]
+    #[arg(
+        short = 'm',
+        long,
+        env = "CLAUDE_MODEL",
+        hide_env = true,
+        value_name = "MODEL"
+    )]
+    pub model: Option<String>,
+    /// Path of the Claude Code CLI [env: ORCHESTRATE_CLAUDE_BIN]
+    #[arg(
+        long,
+        env = "ORCHESTRATE_CLAUDE_BIN",
+        hide_env = true,
+        default_value = "claude",
+        value_name = "PATH"
+    )]
+    pub claude_bin: PathBuf,
+    /// Claude permission mode passed as --permission-mode ("none" to pass nothing)
+    #[arg(long, default_value = "acceptEdits", value_name = "MODE")]
+    pub permission_mode: String,
+    /// An extra argument for the agent command (repeatable), e.g. --agent-arg=--max-turns --agent-arg=30
+    #[arg(long = "agent-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub agent_args: Vec<String>,
+}
+
+impl AdapterArgs {
+    fn spec(&self, kind: AgentKind, model_override: Option<String>) -> AgentSpec {
+        AgentSpec {
+            kind,
+            claude: ClaudeOptions {
+                bin: self.claude_bin.clone(),
+                model: model_override.or_else(|| self.model.clone()),
+                permission_mode: (self.permission_mode != "none")
+                    .then(|| self.permission_mode.clone()),
+                extra_args: self.agent_args.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The goal
+    pub goal: String,
+    /// Number of workers [env: ORCHESTRATOR_MAX_WORKERS]
+    #[arg(short = 'w', long, env = "ORCHESTRATOR_MAX_WORKERS", hide_env = true, default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// Seconds allowed per task attempt; the process group is killed after it [env: ORCHESTRATOR_TASK_TIMEOUT]
+    #[arg(short = 't', long, env = "ORCHESTRATOR_TASK_TIMEOUT", hide_env = true, default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..), value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Working directory of the agents (the queue lives in DIR/.coordination unless --dir)
+    #[arg(short = 'C', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Let the leader plan the goal (default, unless --tasks is given)
+    #[arg(long, overrides_with = "no_plan")]
+    pub plan: bool,
+    /// Do not plan: run the tasks of --tasks
+    #[arg(long = "no-plan")]
+    pub no_plan: bool,
+    /// Predefined tasks: a JSON array (the Python tool's format) or {"tasks": [...]}
+    #[arg(short = 'f', long = "tasks", value_name = "FILE")]
+    pub tasks: Option<PathBuf>,
+    /// Write a JSON run report to FILE
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Which agent runs tasks
+    #[arg(
+        long = "agent",
+        visible_alias = "adapter",
+        value_enum,
+        default_value = "claude"
+    )]
+    pub agent: Kind,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FromConfigArgs {
+    /// The configuration file (orchestration.json)
+    pub file: PathBuf,
+    /// Override max_workers from the file
+    #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+    /// Write a JSON run report to FILE
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Which agent runs tasks
+    #[arg(
+        long = "agent",
+        visible_alias = "adapter",
+        value_enum,
+        default_value = "claude"
+    )]
+    pub agent: Kind,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    #[command(flatten)]
+    pub who: AgentId,
+    /// Which agent runs tasks
+    #[arg(long = "adapter", value_enum, default_value = "claude")]
+    pub adapter_kind: Kind,
+    /// Exit when the queue has nothing pending instead of waiting for more
+    #[arg(long)]
+    pub until_empty: bool,
+    /// Only claim tasks with this tag (repeatable)
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Seconds allowed per task attempt
+    #[arg(short = 't', long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..), value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Working directory of the agent processes
+    #[arg(short = 'C', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+}
+
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if supervisor::interrupted() {
+            // Second Ctrl-C: leave now.
+            std::process::exit(130);
+        }
+        eprintln!("orchestrate: interrupted; stopping workers and releasing their tasks (Ctrl-C again to quit at once)");
+        supervisor::interrupt();
+    });
+}
+
+fn progress_printer(quiet: bool) -> impl Fn(Progress) + Sync {
+    let start = Instant::now();
+    move |p: Progress| {
+        if quiet {
+            return;
+        }
+        let t = start.elapsed().as_secs_f64();
+        let line = match p {
+            Progress::Planning => "leader is planning…".to_string(),
+            Progress::PlanRejected(errs) => format!(
+                "plan rejected, asking the leader again:\n  {}",
+                errs.join("\n  ")
+            ),
+            Progress::Created(n) => format!("{n} tasks queued"),
+            Progress::Started {
+                task_id,
+                agent_id,
+                attempt,
+            } => {
+                format!("start    {task_id} ({agent_id}, attempt {attempt})")
+            }
+            Progress::Finished { task, agent_id } => match task.status {
+                Status::Completed => format!("done     {} ({agent_id})", task.id),
+                Status::Pending => format!(
+                    "failed   {} ({agent_id}): {}; retrying (attempt {}/{})",
+                    task.id,
+                    output::truncate(task.error.as_deref().unwrap_or(""), 80),
+                    task.attempts,
+                    task.max_attempts
+                ),
+                s => format!(
+                    "{s:<8} {} ({agent_id}): {}",
+                    task.id,
+                    output::truncate(task.error.as_deref().unwrap_or(""), 80)
+                ),
+            },
+            Progress::LeaseLost { task_id, agent_id } => {
+                format!("lease lost {task_id} ({agent_id}); result discarded")
+            }
+        };
+        eprintln!("[{t:7.1}s] {line}");
+    }
+}
+
+fn summary_table(r: &RunReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.status.to_string(),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                t.duration_ms
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                output::truncate(
+                    &match t.status {
+                        Status::Completed => t
+                            .result
+                            .as_ref()
+                            .map(|v| match v {
+                                serde_json::Value::String(s) => s.clone(),
+                                serde_json::Value::Object(o) => o
+                                    .get("result")
+                                    .or_else(|| o.get("output"))
+                                    .and_then(|x| x.as_str())
+                                    .unwrap_or("")
+                                    .trim()
+                                    .to_string(),
+                                other => other.to_string(),
+                            })
+                            .unwrap_or_default(),
+                        _ => t.error.clone().unwrap_or_default(),
+                    },
+                    60,
+                ),
+            ]
+        })
+        .collect();
+    let mut s = output::table(
+        &["TASK", "STATUS", "ATTEMPTS", "TIME", "RESULT / ERROR"],
+        &rows,
+    );
+    let tt = &r.totals;
+    s += &format!(
+        "\n\n{} tasks: {} completed, {} dead, {} blocked, {} cancelled, {} unfinished in {:.1}s{}",
+        tt.total,
+        tt.completed,
+        tt.dead,
+        tt.blocked,
+        tt.cancelled,
+        tt.unfinished,
+        r.duration_ms as f64 / 1000.0,
+        if r.interrupted { " (interrupted)" } else { "" }
+    );
+    s
+}
+
+struct Plan {
+    goal: String,
+    working_dir: PathBuf,
+    workers: usize,
+    timeout: u64,
+    tasks: Option<Vec<orchestrate::NewTask>>,
+    master_plan: Option<String>,
+    output: Option<PathBuf>,
+    spec: AgentSpec,
+}
+
+fn execute(g: &Global, p: Plan) -> Result<u8> {
+    let dir = match &g.dir {
+        Some(d) => d.clone(),
+        None => match std::env::var_os("COORDINATION_DIR").filter(|s| !s.is_empty()) {
+            Some(d) => PathBuf::from(d),
+            None => p.working_dir.join(".coordination"),
+        },
+    };
+    let run_id = supervisor::new_run_id();
+    let (c, _) = Coordination::init(&dir, Some(p.goal.clone()))?;
+    let mut c = c.with_correlation_id(Some(run_id.clone()));
+    if let Some(t) = g.lock_timeout {
+        c = c.with_lock_timeout_ms(t.as_millis() as u64);
+    }
+    let opts = RunOptions {
+        goal: p.goal,
+        working_dir: p.working_dir,
+        workers: p.workers,
+        timeout: Duration::from_secs(p.timeout),
+        agent: p.spec,
+        tasks: p.tasks,
+        master_plan: p.master_plan,
+        run_tag: run_id,
+        idle_poll_ms: 500,
+    };
+    install_interrupt_handler();
+    let printer = progress_printer(g.quiet);
+    let report = match supervisor::run(&c, &opts, &printer) {
+        Ok(r) => r,
+        Err(orchestrate::Error::Interrupted) => {
+            eprintln!("orchestrate: interrupted before any task was created");
+            return Ok(130);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(out) = &p.output {
+        write_json_file(out, &supervisor::report_json(&report))
+            .with_context(|| format!("write the run report to {}", out.display()))?;
+    }
+    if g.json {
+        output::json(&report)?;
+    } else {
+        output::line(summary_table(&report))?;
+        for t in report
+            .tasks
+            .iter()
+            .filter(|t| t.status != Status::Completed)
+        {
+            output::line(format!(
+                "{} {}: {}{}",
+                t.id,
+                t.status,
+                t.error.as_deref().unwrap_or("-"),
+                t.log_file
+                    .as_ref()
+                    .map(|l| format!(" (log: {}/{l})", dir.display()))
+                    .unwrap_or_default()
+            ))?;
+        }
+    }
+    Ok(if report.interrupted {
+        130
+    } else if report.success {
+        0
+    } else {
+        1
+    })
+}
+
+fn working_dir(cwd: Option<&Path>) -> Result<PathBuf> {
+    let d = match cwd {
+        Some(p) => std::path::absolute(p)?,
+        None => std::env::current_dir()?,
+    };
+    if !d.is_dir() {
+        return Err(Usage(format!(
+            "working directory `{}` does not exist",
+            d.display()
+        ))
+        .into());
+    }
+    Ok(d)
+}
+
+pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
+    let working_dir = working_dir(a.cwd.as_deref())?;
+    // --tasks always wins; without it, plan unless --no-plan.
+    let tasks =
+        match &a.tasks {
+            Some(f) => Some(plan::read_tasks_file(f)?),
+            None if a.no_plan && !a.plan => return Err(Usage(
+                "no tasks provided: pass --tasks FILE, or drop --no-plan to let the leader plan"
+                    .into(),
+            )
+            .into()),
+            None => None,
+        };
+    let kind: AgentKind = a.agent.into();
+    if tasks.is_none() && kind == AgentKind::Shell {
+        return Err(Usage(
+            "the shell agent cannot plan: pass --no-plan --tasks FILE with a `command` per task"
+                .into(),
+        )
+        .into());
+    }
+    execute(
+        g,
+        Plan {
+            goal: a.goal,
+            working_dir,
+            workers: a.workers as usize,
+            timeout: a.timeout,
+            tasks,
+            master_plan: None,
+            output: a.output,
+            spec: a.adapter.spec(kind, None),
+        },
+    )
+}
+
+pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
+    let rf = plan::read_run_file(&a.file)?;
+    let base = a
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let wd = match &rf.working_directory {
+        Some(w) if w.is_absolute() => w.clone(),
+        Some(w) => base.join(w),
+        None => base.to_path_buf(),
+    };
+    let working_dir = working_dir(Some(&wd))?;
+    let kind: AgentKind = a.agent.into();
+    let tasks = (!rf.tasks.is_empty()).then_some(rf.tasks);
+    if tasks.is_none() && kind == AgentKind::Shell {
+        return Err(Usage("the configuration has no tasks and the shell agent cannot plan: add tasks with `create-task -c FILE`".into()).into());
+    }
+    let workers = a
+        .workers
+        .map(|w| w as usize)
+        .or(rf.max_workers)
+        .unwrap_or(3);
+    if workers == 0 {
+        return Err(Usage("max_workers must be at least 1".into()).into());
+    }
+    execute(
+        g,
+        Plan {
+            goal: rf.goal,
+            working_dir,
+            workers,
+            timeout: rf.task_timeout.unwrap_or(600).max(1),
+            tasks,
+            master_plan: rf.master_plan,
+            output: a.output,
+            spec: a.adapter.spec(kind, rf.model),
+        },
+    )
+}
+
+pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
+    let agent_id = a.who.require()?;
+    orchestrate::task::validate_name("agent id", &agent_id)?;
+    let c = open(g)?;
+    let kind: AgentKind = a.adapter_kind.into();
+    let spec = a.adapter.spec(kind, None);
+    if kind == AgentKind::Claude {
+        orchestrate::agent::check_claude(&spec.claude)?;
+    }
+    install_interrupt_handler();
+    let opts = WorkerOptions {
+        agent_id,
+        tags: a.tags,
+        agent: spec,
+        working_dir: working_dir(a.cwd.as_deref())?,
+        timeout: Duration::from_secs(a.timeout),
+        goal: c.config().goal.clone(),
+        until_empty: a.until_empty,
+        idle_poll_ms: 500,
+        correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID").ok(),
+    };
+    let printer = progress_printer(g.quiet);
+    let summary = supervisor::work(&c, &opts, &printer)?;
+    if g.json {
+        output::json(&summary)?;
+    } else {
+        output::line(format!(
+            "{} completed, {} failed, {} released, {} lease lost",
+            summary.completed, summary.failed, summary.released, summary.lease_lost
+        ))?;
+    }
+    Ok(if supervisor::interrupted() { 130 } else { 0 })
+}

@@ -1,0 +1,527 @@
+//! Task batches from outside: the Python tool's tasks files and
+//! `orchestration.json`, and a leader agent's plan (`spec/PROTOCOL.md`
+//! section 13.3). Parsing and validation are pure; every problem is
+//! collected so that a leader can be told all of them at once.
+
+use crate::error::{Error, Result};
+use crate::task::{self, NewTask};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+
+/// One entry of a tasks file or a plan, before validation.
+fn entry_to_new_task(i: usize, v: &Value, errors: &mut Vec<String>) -> Option<NewTask> {
+    let at = |field: &str| format!("task {}: `{field}`", i + 1);
+    let Some(obj) = v.as_object() else {
+        errors.push(format!(
+            "task {}: expected an object, found {}",
+            i + 1,
+            kind(v)
+        ));
+        return None;
+    };
+    let mut ok = true;
+    let mut t = NewTask::default();
+    match obj.get("id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => t.id = Some(s.clone()),
+        Some(Value::Number(n)) => t.id = Some(n.to_string()),
+        Some(other) => {
+            errors.push(format!(
+                "{} must be a string, found {}",
+                at("id"),
+                kind(other)
+            ));
+            ok = false;
+        }
+    }
+    match obj.get("description") {
+        Some(Value::String(s)) if !s.trim().is_empty() => t.description = s.clone(),
+        Some(Value::String(_)) => {
+            errors.push(format!("{} is empty", at("description")));
+            ok = false;
+        }
+        Some(other) => {
+            errors.push(format!(
+                "{} must be a string, found {}",
+                at("description"),
+                kind(other)
+            ));
+            ok = false;
+        }
+        None => {
+            errors.push(format!("{} is missing", at("description")));
+            ok = false;
+        }
+    }
+    match obj.get("priority") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(p) if (1..=10).contains(&p) => t.priority = Some(p as u8),
+            _ => {
+                errors.push(format!(
+                    "{} is {n}; use 1 (most urgent) to 10",
+                    at("priority")
+                ));
+                ok = false;
+            }
+        },
+        Some(other) => {
+            errors.push(format!(
+                "{} must be a number 1..10, found {}",
+                at("priority"),
+                kind(other)
+            ));
+            ok = false;
+        }
+    }
+    match string_list(obj.get("dependencies")) {
+        Ok(v) => t.dependencies = v,
+        Err(k) => {
+            errors.push(format!(
+                "{} must be an array of task ids, found {k}",
+                at("dependencies")
+            ));
+            ok = false;
+        }
+    }
+    // `context_files` (Python tool, plans) or `files`.
+    match string_list(obj.get("context_files").or_else(|| obj.get("files"))) {
+        Ok(v) => t.context.files = v,
+        Err(k) => {
+            errors.push(format!(
+                "{} must be an array of paths, found {k}",
+                at("context_files")
+            ));
+            ok = false;
+        }
+    }
+    match obj.get("hints") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => t.context.hints = Some(s.clone()),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            let parts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+            if !parts.is_empty() {
+                t.context.hints = Some(parts.join("\n"));
+            }
+        }
+        Some(other) => {
+            errors.push(format!(
+                "{} must be a string or a list of strings, found {}",
+                at("hints"),
+                kind(other)
+            ));
+            ok = false;
+        }
+    }
+    match string_list(obj.get("tags")) {
+        Ok(v) => t.context.tags = v,
+        Err(k) => {
+            errors.push(format!(
+                "{} must be an array of strings, found {k}",
+                at("tags")
+            ));
+            ok = false;
+        }
+    }
+    match obj.get("command") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => t.command = Some(s.clone()),
+        Some(other) => {
+            errors.push(format!(
+                "{} must be a string, found {}",
+                at("command"),
+                kind(other)
+            ));
+            ok = false;
+        }
+    }
+    match obj.get("max_attempts") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|x| (1..=1000).contains(&x)) => {
+            t.max_attempts = n.as_u64().map(|x| x as u32)
+        }
+        Some(other) => {
+            errors.push(format!(
+                "{} must be a number 1..1000, found {other}",
+                at("max_attempts")
+            ));
+            ok = false;
+        }
+    }
+    if ok {
+        if let Err(e) = task::validate_new(&t) {
+            errors.push(format!("task {}: {e}", i + 1));
+            ok = false;
+        }
+    }
+    ok.then_some(t)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string_list(v: Option<&Value>) -> std::result::Result<Vec<String>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                other => Err(kind(other)),
+            })
+            .collect(),
+        Some(other) => Err(kind(other)),
+    }
+}
+
+/// Validates a batch as a whole: ids unique, dependencies known (inside the
+/// batch, or in `existing`), no cycle. Returns every problem found.
+pub fn check_batch(tasks: &[NewTask], existing: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut keys = HashSet::new();
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(id) = &t.id {
+            if !keys.insert(id.as_str()) {
+                errors.push(format!("task {}: id `{id}` is used twice", i + 1));
+            }
+        }
+    }
+    for (i, t) in tasks.iter().enumerate() {
+        for d in &t.dependencies {
+            if !keys.contains(d.as_str()) && !existing(d) {
+                let known: Vec<&str> = keys.iter().copied().collect();
+                errors.push(format!(
+                    "task {}: dependency `{d}` is not the id of any task in the batch{}",
+                    i + 1,
+                    if known.is_empty() {
+                        " (no task has an `id`; give each task an `id` and refer to those)"
+                            .to_string()
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+    }
+    // Cycle check by depth-first search over batch keys.
+    let idx: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.id.as_deref().map(|k| (k, i)))
+        .collect();
+    let mut state = vec![0u8; tasks.len()]; // 0 new, 1 on stack, 2 done
+    fn dfs(
+        i: usize,
+        tasks: &[NewTask],
+        idx: &HashMap<&str, usize>,
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[i] = 1;
+        stack.push(i);
+        for d in &tasks[i].dependencies {
+            if let Some(&j) = idx.get(d.as_str()) {
+                if state[j] == 1 {
+                    let at = stack.iter().position(|&x| x == j).unwrap_or(0);
+                    let mut c = stack[at..].to_vec();
+                    c.push(j);
+                    return Some(c);
+                }
+                if state[j] == 0 {
+                    if let Some(c) = dfs(j, tasks, idx, state, stack) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+        None
+    }
+    for i in 0..tasks.len() {
+        if state[i] == 0 {
+            let mut stack = Vec::new();
+            if let Some(c) = dfs(i, tasks, &idx, &mut state, &mut stack) {
+                let names: Vec<&str> = c.iter().filter_map(|&k| tasks[k].id.as_deref()).collect();
+                errors.push(format!("dependency cycle: {}", names.join(" -> ")));
+                break;
+            }
+        }
+    }
+    errors
+}
+
+/// Parses a tasks document: a JSON array of task objects (the Python tool's
+/// format) or an object with a `tasks` array. Returns the tasks or every
+/// problem found.
+pub fn tasks_from_value(v: &Value) -> std::result::Result<Vec<NewTask>, Vec<String>> {
+    let arr = match v {
+        Value::Array(a) => a,
+        Value::Object(o) => match o.get("tasks") {
+            Some(Value::Array(a)) => a,
+            Some(other) => {
+                return Err(vec![format!(
+                    "`tasks` must be an array, found {}",
+                    kind(other)
+                )])
+            }
+            None => {
+                return Err(vec![
+                    "expected a JSON array of tasks or an object with a `tasks` array".into(),
+                ])
+            }
+        },
+        other => {
+            return Err(vec![format!(
+                "expected a JSON array of tasks, found {}",
+                kind(other)
+            )])
+        }
+    };
+    let mut errors = Vec::new();
+    let tasks: Vec<NewTask> = arr
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| entry_to_new_task(i, e, &mut errors))
+        .collect();
+    if errors.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads a tasks file (`run --tasks FILE`).
+///
+/// # Errors
+/// [`Error::Invalid`] naming the file and listing every problem.
+pub fn read_tasks_file(path: &std::path::Path) -> Result<Vec<NewTask>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("cannot read tasks file `{}`: {e}", path.display())))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "tasks file `{}` is not valid JSON: {e}",
+            path.display()
+        ))
+    })?;
+    tasks_from_value(&v).map_err(|errs| {
+        Error::Invalid(format!(
+            "tasks file `{}`:\n  {}",
+            path.display(),
+            errs.join("\n  ")
+        ))
+    })
+}
+
+/// The Python tool's `orchestration.json`, as `from-config` reads it.
+#[derive(Debug, Clone, Default)]
+pub struct RunFile {
+    /// Required.
+    pub goal: String,
+    /// Where agents work; the file's directory when relative or absent.
+    pub working_directory: Option<std::path::PathBuf>,
+    /// Number of workers.
+    pub max_workers: Option<usize>,
+    /// Model for the claude agent.
+    pub model: Option<String>,
+    /// Seconds per task.
+    pub task_timeout: Option<u64>,
+    /// Extra planning context for the leader.
+    pub master_plan: Option<String>,
+    /// Predefined tasks; empty means "let the leader plan".
+    pub tasks: Vec<NewTask>,
+}
+
+/// Reads a run configuration file (`from-config FILE`).
+///
+/// # Errors
+/// [`Error::Invalid`] naming the file and every problem.
+pub fn read_run_file(path: &std::path::Path) -> Result<RunFile> {
+    let bad = |m: String| Error::Invalid(format!("configuration file `{}`: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read configuration file `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("expected a JSON object".into()))?;
+    let goal = match o.get("goal") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return Err(bad("`goal` is required (a non-empty string)".into())),
+    };
+    let num = |k: &str| -> Result<Option<u64>> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{k}` must be a whole number"))),
+            Some(_) => Err(bad(format!("`{k}` must be a number"))),
+        }
+    };
+    let string = |k: &str| -> Result<Option<String>> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(format!("`{k}` must be a string"))),
+        }
+    };
+    let tasks = match o.get("tasks") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(t @ Value::Array(_)) => tasks_from_value(t).map_err(|e| bad(e.join("\n  ")))?,
+        Some(_) => return Err(bad("`tasks` must be an array".into())),
+    };
+    Ok(RunFile {
+        goal,
+        working_directory: string("working_directory")?.map(Into::into),
+        max_workers: num("max_workers")?.map(|n| n as usize),
+        model: string("model")?,
+        task_timeout: num("task_timeout")?,
+        master_plan: string("master_plan")?,
+        tasks,
+    })
+}
+
+/// Finds the plan in a leader's reply: a fenced ```json block, else the
+/// first balanced JSON array or object that parses. Prose around it is fine.
+pub fn extract_json(reply: &str) -> Option<Value> {
+    // Fenced blocks first.
+    let mut rest = reply;
+    while let Some(start) = rest.find("```") {
+        let after = &rest[start + 3..];
+        let body_start = after.find('\n').map(|n| n + 1).unwrap_or(0);
+        let body = &after[body_start..];
+        let Some(end) = body.find("```") else { break };
+        if let Ok(v) = serde_json::from_str::<Value>(body[..end].trim()) {
+            if v.is_array() || v.is_object() {
+                return Some(v);
+            }
+        }
+        rest = &body[end + 3..];
+    }
+    // Then every `[` or `{` in order, parsing a JSON value from there.
+    for (i, c) in reply.char_indices() {
+        if c == '[' || c == '{' {
+            let mut de = serde_json::Deserializer::from_str(&reply[i..]).into_iter::<Value>();
+            if let Some(Ok(v)) = de.next() {
+                if v.is_array() || v.as_object().is_some_and(|o| o.contains_key("tasks")) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Parses and validates a leader's reply as a plan; `existing` tells
+/// whether an id names a task already in the queue.
+///
+/// # Errors
+/// Every problem found, as sentences to send back to the leader.
+pub fn parse_plan(
+    reply: &str,
+    existing: &dyn Fn(&str) -> bool,
+) -> std::result::Result<Vec<NewTask>, Vec<String>> {
+    let v = extract_json(reply)
+        .ok_or_else(|| vec!["no JSON array of tasks found in the reply".to_string()])?;
+    let tasks = tasks_from_value(&v)?;
+    if tasks.is_empty() {
+        return Err(vec!["the plan has no tasks".into()]);
+    }
+    let errs = check_batch(&tasks, existing);
+    if errs.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn none(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn python_tasks_array_with_string_or_list_hints() {
+        let v = json!([
+            {"description": "a", "priority": 1, "hints": "x"},
+            {"description": "b", "context_files": ["README.md"], "hints": ["y", "z"]}
+        ]);
+        let t = tasks_from_value(&v).unwrap();
+        assert_eq!(t[0].priority, Some(1));
+        assert_eq!(t[0].context.hints.as_deref(), Some("x"));
+        assert_eq!(t[1].context.files, vec!["README.md"]);
+        assert_eq!(t[1].context.hints.as_deref(), Some("y\nz"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let v = json!({"tasks": [{"priority": 0}, {"description": "b", "dependencies": "a"}, 7]});
+        let errs = tasks_from_value(&v).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("task 1: `description` is missing")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("task 1: `priority` is 0")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("task 2: `dependencies` must be an array")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("task 3: expected an object")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_dependency_and_cycle_are_found() {
+        let v = json!([
+            {"id": "a", "description": "a", "dependencies": ["b"]},
+            {"id": "b", "description": "b", "dependencies": ["a"]},
+            {"id": "c", "description": "c", "dependencies": ["zz"]}
+        ]);
+        let t = tasks_from_value(&v).unwrap();
+        let errs = check_batch(&t, &none);
+        assert!(errs.iter().any(|e| e.contains("`zz`")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("dependency cycle: a -> b -> a")
+                    || e.starts_with("dependency cycle: b -> a -> b")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn plan_found_in_prose_and_fences() {
+        let reply = "Here is the plan [draft]:\n```json\n[{\"id\":\"t1\",\"description\":\"do it\"}]\n```\nDone.";
+        let t = parse_plan(reply, &none).unwrap();
+        assert_eq!(t[0].id.as_deref(), Some("t1"));
+        let reply = "Sure! Plan follows: [{\"id\":\"x\",\"description\":\"d\",\"priority\":2}] hope it helps [1]";
+        let t = parse_plan(reply, &none).unwrap();
+        assert_eq!(t[0].priority, Some(2));
+        assert!(parse_plan("no plan here", &none).is_err());
+        assert!(parse_plan("[]", &none).is_err());
+    }
+}

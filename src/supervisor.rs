@@ -1,0 +1,696 @@
+//! `run` and `work`: worker loops over the protocol, and the supervisor that
+//! plans, starts workers and reports (`spec/PROTOCOL.md` section 13).
+//!
+//! Workers are threads of the supervising process, but they go through the
+//! same [`Coordination`] calls as any other agent: claim, heartbeat while
+//! the child runs, complete or fail. A worker started by hand
+//! (`orchestrate work`) is the same loop.
+
+use crate::agent::{self, AgentKind, AgentSpec, Attempt};
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::plan;
+use crate::protocol::{BatchIds, ClaimOutcome, ClaimRequest, Coordination, NotReadyReason};
+use crate::task::{NewTask, Status, Task, TaskId};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks every worker loop in this process to stop: children are killed and
+/// their tasks released without spending an attempt. Safe to call from a
+/// signal handler thread.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Something a worker did, for progress output.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The leader is planning.
+    Planning,
+    /// The plan was rejected; the leader is asked once more.
+    PlanRejected(Vec<String>),
+    /// Tasks were created.
+    Created(usize),
+    /// A worker started an attempt.
+    Started {
+        /// Task.
+        task_id: TaskId,
+        /// Worker.
+        agent_id: String,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// An attempt ended.
+    Finished {
+        /// Task after the report.
+        task: Box<Task>,
+        /// Worker.
+        agent_id: String,
+    },
+    /// A worker lost its lease; its result was discarded.
+    LeaseLost {
+        /// Task.
+        task_id: TaskId,
+        /// Worker.
+        agent_id: String,
+    },
+}
+
+/// Shared between worker threads of one process: wakes idle workers when a
+/// task changes state here, so that dependents start without polling delay.
+#[derive(Debug, Default)]
+struct Wakeup {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Wakeup {
+    fn notify(&self) {
+        if let Ok(mut g) = self.generation.lock() {
+            *g += 1;
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, seen: u64, max: Duration) {
+        let Ok(g) = self.generation.lock() else {
+            return;
+        };
+        if *g != seen {
+            return;
+        }
+        let _ = self.cv.wait_timeout_while(g, max, |g| *g == seen);
+    }
+
+    fn current(&self) -> u64 {
+        self.generation.lock().map(|g| *g).unwrap_or(0)
+    }
+}
+
+/// How a worker loop behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The worker's agent id.
+    pub agent_id: String,
+    /// Only claim tasks with all these tags.
+    pub tags: Vec<String>,
+    /// The adapter.
+    pub agent: AgentSpec,
+    /// Where processes run.
+    pub working_dir: PathBuf,
+    /// Limit per attempt.
+    pub timeout: Duration,
+    /// Goal shown to the agent.
+    pub goal: String,
+    /// Stop when a claim finds the queue empty (`work --until-empty`).
+    pub until_empty: bool,
+    /// Longest idle sleep between claims when nothing wakes the worker, in
+    /// milliseconds.
+    pub idle_poll_ms: u64,
+    /// Correlation id passed to agent processes.
+    pub correlation_id: Option<String>,
+}
+
+/// What a worker loop did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct WorkerSummary {
+    /// Attempts completed successfully.
+    pub completed: usize,
+    /// Attempts that failed.
+    pub failed: usize,
+    /// Tasks given back on interrupt.
+    pub released: usize,
+    /// Attempts whose lease was lost.
+    pub lease_lost: usize,
+}
+
+struct Shared<'a> {
+    c: &'a Coordination,
+    wake: Wakeup,
+    done: AtomicBool,
+    progress: &'a (dyn Fn(Progress) + Sync),
+}
+
+/// Runs one worker loop until the queue is empty (with `until_empty`),
+/// [`interrupt`] is called, or `stop` returns true.
+///
+/// # Errors
+/// Errors that make going on pointless: a corrupt config, an unwritable
+/// directory. A failing task is not an error.
+pub fn work(
+    c: &Coordination,
+    opts: &WorkerOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<WorkerSummary> {
+    let shared = Shared {
+        c,
+        wake: Wakeup::default(),
+        done: AtomicBool::new(false),
+        progress,
+    };
+    worker_loop(&shared, opts)
+}
+
+fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
+    let mut summary = WorkerSummary::default();
+    let req = ClaimRequest {
+        agent: o.agent_id.clone(),
+        task_id: None,
+        tags: o.tags.clone(),
+        lease_ms: None,
+    };
+    let mut lock_timeouts = 0;
+    loop {
+        if interrupted() || s.done.load(Ordering::SeqCst) {
+            return Ok(summary);
+        }
+        let seen = s.wake.current();
+        match s.c.claim(&req) {
+            Ok(ClaimOutcome::Claimed(t)) => {
+                lock_timeouts = 0;
+                run_attempt(s, o, *t, &mut summary)?;
+                s.wake.notify();
+            }
+            Ok(ClaimOutcome::NothingReady(nr)) => {
+                lock_timeouts = 0;
+                if o.until_empty
+                    && matches!(
+                        nr.reason,
+                        NotReadyReason::Empty | NotReadyReason::AllClaimed
+                    )
+                {
+                    return Ok(summary);
+                }
+                let mut wait = Duration::from_millis(o.idle_poll_ms);
+                if let Some(nb) = nr.next_ready_at {
+                    let ms = clock::ms_between(s.c.now(), nb).max(1) as u64;
+                    wait = wait.min(Duration::from_millis(ms));
+                }
+                s.wake.wait(seen, wait);
+            }
+            Err(Error::LockTimeout { .. }) if lock_timeouts < 5 => {
+                lock_timeouts += 1;
+                tracing::warn!(agent_id = %o.agent_id, "lock timeout while claiming; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn run_attempt(
+    s: &Shared<'_>,
+    o: &WorkerOptions,
+    t: Task,
+    summary: &mut WorkerSummary,
+) -> Result<()> {
+    let c = s.c;
+    let span = tracing::info_span!("attempt", task_id = %t.id, agent_id = %o.agent_id, attempt = t.attempts);
+    let _e = span.enter();
+    (s.progress)(Progress::Started {
+        task_id: t.id.clone(),
+        agent_id: o.agent_id.clone(),
+        attempt: t.attempts,
+    });
+    let dependency_results = t
+        .dependencies
+        .iter()
+        .map(|d| (d.clone(), c.get(d.as_str()).ok().and_then(|x| x.result)))
+        .collect();
+    let cancel = AtomicBool::new(false);
+    let lease_lost = AtomicBool::new(false);
+    let finished = (Mutex::new(false), Condvar::new());
+    let lease_ms = c.config().lease_ms;
+    let beat_every = Duration::from_millis((lease_ms / 3).max(10));
+    let exec = std::thread::scope(|scope| {
+        // Heartbeat while the child runs; stop the child if the lease is lost
+        // or on Ctrl-C.
+        scope.spawn(|| {
+            let (m, cv) = &finished;
+            let mut last = Instant::now();
+            let Ok(mut done) = m.lock() else { return };
+            while !*done {
+                let r = cv.wait_timeout(done, Duration::from_millis(100));
+                let Ok((g, _)) = r else { return };
+                done = g;
+                if *done {
+                    break;
+                }
+                if interrupted() {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                if last.elapsed() >= beat_every {
+                    last = Instant::now();
+                    match c.heartbeat(t.id.as_str(), t.fencing_token, None) {
+                        Ok(_) => {}
+                        Err(Error::LeaseLost { .. }) | Err(Error::WrongState { .. }) => {
+                            lease_lost.store(true, Ordering::SeqCst);
+                            cancel.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
+                    }
+                }
+            }
+        });
+        let attempt = Attempt {
+            task: &t,
+            agent_id: &o.agent_id,
+            goal: &o.goal,
+            coordination_dir: c.layout().root(),
+            working_dir: &o.working_dir,
+            dependency_results,
+            timeout: o.timeout,
+            cancel: &cancel,
+            correlation_id: o.correlation_id.as_deref(),
+        };
+        let r = agent::execute(&o.agent, &attempt);
+        let (m, cv) = &finished;
+        if let Ok(mut d) = m.lock() {
+            *d = true;
+        }
+        cv.notify_all();
+        r
+    })?;
+    if lease_lost.load(Ordering::SeqCst) {
+        summary.lease_lost += 1;
+        tracing::warn!("lease lost while running; the result is discarded");
+        (s.progress)(Progress::LeaseLost {
+            task_id: t.id.clone(),
+            agent_id: o.agent_id.clone(),
+        });
+        return Ok(());
+    }
+    if exec.cancelled || interrupted() {
+        match c.release(t.id.as_str(), t.fencing_token) {
+            Ok(_) => summary.released += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the task on interrupt; its lease will expire")
+            }
+        }
+        return Ok(());
+    }
+    let reported = if exec.ok {
+        c.complete_logged(
+            t.id.as_str(),
+            t.fencing_token,
+            Some(exec.result),
+            Some(exec.log_file),
+        )
+    } else {
+        let err = exec.error.unwrap_or_else(|| "failed".into());
+        c.fail_logged(
+            t.id.as_str(),
+            t.fencing_token,
+            &err,
+            Some(exec.result),
+            Some(exec.log_file),
+        )
+    };
+    match reported {
+        Ok(after) => {
+            if after.status == Status::Completed {
+                summary.completed += 1;
+            } else {
+                summary.failed += 1;
+            }
+            (s.progress)(Progress::Finished {
+                task: Box::new(after),
+                agent_id: o.agent_id.clone(),
+            });
+        }
+        Err(Error::LeaseLost { .. }) => {
+            summary.lease_lost += 1;
+            (s.progress)(Progress::LeaseLost {
+                task_id: t.id.clone(),
+                agent_id: o.agent_id.clone(),
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Everything `run` needs (`spec` section 13.1).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The goal.
+    pub goal: String,
+    /// Where agents work.
+    pub working_dir: PathBuf,
+    /// Number of worker threads (>= 1).
+    pub workers: usize,
+    /// Limit per attempt.
+    pub timeout: Duration,
+    /// The adapter.
+    pub agent: AgentSpec,
+    /// Predefined tasks; when `None` the leader plans.
+    pub tasks: Option<Vec<NewTask>>,
+    /// Extra context for the leader (`master_plan` of orchestration.json).
+    pub master_plan: Option<String>,
+    /// Tag every task of the run carries, so its workers claim only its tasks.
+    pub run_tag: String,
+    /// Longest idle sleep of a worker, in milliseconds.
+    pub idle_poll_ms: u64,
+}
+
+/// Per-task line of the run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskOutcome {
+    /// Task id.
+    pub id: String,
+    /// Description.
+    pub description: String,
+    /// Final status.
+    pub status: Status,
+    /// Attempts used.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Last holder.
+    pub claimed_by: Option<String>,
+    /// Last attempt's duration (claim to end), in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// Result.
+    pub result: Option<Value>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Log file of the last attempt, relative to `.coordination/`.
+    pub log_file: Option<String>,
+}
+
+/// Task counts of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// All tasks of the run.
+    pub total: usize,
+    /// Completed.
+    pub completed: usize,
+    /// Dead (attempts exhausted).
+    pub dead: usize,
+    /// Blocked by a dead or cancelled dependency.
+    pub blocked: usize,
+    /// Cancelled.
+    pub cancelled: usize,
+    /// Still pending or claimed (interrupted runs).
+    pub unfinished: usize,
+}
+
+/// The run report (`run -o FILE`; `spec` section 13.4).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Report format version.
+    pub version: u32,
+    /// The goal.
+    pub goal: String,
+    /// The run's correlation id (also the tag its tasks carry).
+    pub correlation_id: String,
+    /// `claude` or `shell`.
+    pub agent: String,
+    /// Number of workers.
+    pub workers: usize,
+    /// True when the leader planned the tasks.
+    pub planned: bool,
+    /// When the run started.
+    pub started_at: String,
+    /// When it ended.
+    pub finished_at: String,
+    /// Wall time, in milliseconds.
+    pub duration_ms: u64,
+    /// True when stopped by Ctrl-C.
+    pub interrupted: bool,
+    /// True when every task completed.
+    pub success: bool,
+    /// Counts.
+    pub totals: Totals,
+    /// One entry per task, in creation order.
+    pub tasks: Vec<TaskOutcome>,
+}
+
+/// The leader's planning prompt (`spec` section 13.3).
+pub fn plan_prompt(
+    goal: &str,
+    workers: usize,
+    master_plan: Option<&str>,
+    kind: AgentKind,
+) -> String {
+    let mut p = format!(
+        "You are the leader of {workers} worker agents that work in parallel on this goal:\n\n{goal}\n\n"
+    );
+    if let Some(m) = master_plan {
+        p += &format!("Background from the master plan:\n{m}\n\n");
+    }
+    p += "Split the goal into tasks of about 5 to 15 minutes each that workers can do in parallel where possible. \
+Return the plan as a JSON array and nothing else. Each element is an object with:\n\
+- \"id\": a short unique id made of letters, digits, '-', '_' (e.g. \"t1\", \"setup-db\")\n\
+- \"description\": what to do, self-contained\n\
+- \"priority\": 1 (most urgent) to 10\n\
+- \"dependencies\": ids of tasks in this plan that must be completed first (no cycles)\n\
+- \"context_files\": paths of files relevant to the task\n\
+- \"hints\": advice for the worker\n";
+    if kind == AgentKind::Shell {
+        p += "- \"command\": the shell command that performs the task\n";
+    }
+    p
+}
+
+fn run_leader(
+    c: &Coordination,
+    o: &RunOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Vec<NewTask>> {
+    if o.agent.kind != AgentKind::Claude {
+        return Err(Error::Invalid(
+            "planning needs the claude agent: pass --no-plan --tasks FILE to run shell tasks"
+                .into(),
+        ));
+    }
+    progress(Progress::Planning);
+    let exists = |id: &str| c.get(id).is_ok();
+    let mut prompt = plan_prompt(&o.goal, o.workers, o.master_plan.as_deref(), o.agent.kind);
+    let cancel = AtomicBool::new(false);
+    let logs = c.layout().logs_dir();
+    crate::store::ensure_dir(&logs)?;
+    let mut last_errors = Vec::new();
+    for round in 1..=2 {
+        let out = logs.join(format!("leader-{}.{round}.json", o.run_tag));
+        let err = logs.join(format!("leader-{}.{round}.log", o.run_tag));
+        let env = |cmd: &mut std::process::Command| {
+            cmd.env("ORCHESTRATE_DIR", c.layout().root())
+                .env("COORDINATION_DIR", c.layout().root())
+                .env("ORCHESTRATE_AGENT_ID", "leader")
+                .env("ORCHESTRATE_CORRELATION_ID", &o.run_tag);
+        };
+        let (_, reply) = agent::run_claude(
+            &o.agent.claude,
+            &prompt,
+            &o.working_dir,
+            &out,
+            &err,
+            Duration::from_secs(300).max(o.timeout),
+            &cancel,
+            &env,
+        )?;
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let reply = match reply {
+            Ok(r) if !r.is_error => r,
+            Ok(r) => {
+                return Err(Error::Other(format!(
+                    "the leader reported an error while planning: {}",
+                    r.result
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "the leader failed while planning: {e} (see {})",
+                    err.display()
+                )))
+            }
+        };
+        match plan::parse_plan(&reply.result, &exists) {
+            Ok(tasks) => return Ok(tasks),
+            Err(errors) => {
+                last_errors = errors.clone();
+                progress(Progress::PlanRejected(errors.clone()));
+                prompt = format!(
+                    "{}\n\nYour previous plan was rejected:\n- {}\n\nYour previous reply was:\n{}\n\nReturn a corrected plan: a JSON array only.",
+                    plan_prompt(&o.goal, o.workers, o.master_plan.as_deref(), o.agent.kind),
+                    errors.join("\n- "),
+                    reply.result
+                );
+            }
+        }
+    }
+    Err(Error::Other(format!(
+        "the leader's plan was invalid twice; nothing was created. Last problems:\n  {}",
+        last_errors.join("\n  ")
+    )))
+}
+
+/// Plans (or takes the given tasks), creates them all or nothing, runs
+/// `workers` worker loops until every task of the run is completed, dead,
+/// blocked or cancelled, and reports.
+///
+/// # Errors
+/// [`Error::Invalid`] for bad tasks or plans (nothing created); the
+/// leader's failure; protocol errors. A failed task is not an error: it is
+/// in the report, whose `success` is false.
+pub fn run(
+    c: &Coordination,
+    o: &RunOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<RunReport> {
+    let started = c.now();
+    let start = Instant::now();
+    if o.workers == 0 {
+        return Err(Error::Invalid("--workers must be at least 1".into()));
+    }
+    if o.agent.kind == AgentKind::Claude {
+        agent::check_claude(&o.agent.claude)?;
+    }
+    let (mut specs, planned) = match &o.tasks {
+        Some(t) => (t.clone(), false),
+        None => (run_leader(c, o, progress)?, true),
+    };
+    if specs.is_empty() {
+        return Err(Error::Invalid(
+            "no tasks to run: pass --tasks FILE or let the leader plan".into(),
+        ));
+    }
+    let errs = plan::check_batch(&specs, &|id| c.get(id).is_ok());
+    if !errs.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the tasks are invalid; nothing was created:\n  {}",
+            errs.join("\n  ")
+        )));
+    }
+    for s in &mut specs {
+        s.context.tags.push(o.run_tag.clone());
+    }
+    let created = c.create_batch(specs, BatchIds::LocalKeys)?;
+    progress(Progress::Created(created.len()));
+    let ids: Vec<TaskId> = created.iter().map(|t| t.id.clone()).collect();
+
+    let shared = Shared {
+        c,
+        wake: Wakeup::default(),
+        done: AtomicBool::new(false),
+        progress,
+    };
+    let worker_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for n in 1..=o.workers {
+            let wo = WorkerOptions {
+                agent_id: format!("{}-worker-{n}", o.run_tag),
+                tags: vec![o.run_tag.clone()],
+                agent: o.agent.clone(),
+                working_dir: o.working_dir.clone(),
+                timeout: o.timeout,
+                goal: o.goal.clone(),
+                until_empty: false,
+                idle_poll_ms: o.idle_poll_ms,
+                correlation_id: Some(o.run_tag.clone()),
+            };
+            let shared = &shared;
+            let worker_error = &worker_error;
+            scope.spawn(move || {
+                if let Err(e) = worker_loop(shared, &wo) {
+                    tracing::error!(agent_id = %wo.agent_id, error = %e, "worker stopped");
+                    if let Ok(mut g) = worker_error.lock() {
+                        g.get_or_insert(e);
+                    }
+                    shared.done.store(true, Ordering::SeqCst);
+                    shared.wake.notify();
+                }
+            });
+        }
+        // The run ends when none of its tasks is pending or claimed.
+        let mut open: Vec<TaskId> = ids.clone();
+        loop {
+            if interrupted() || shared.done.load(Ordering::SeqCst) {
+                break;
+            }
+            open.retain(|id| match c.get(id.as_str()) {
+                Ok(t) => matches!(t.status, Status::Pending | Status::Claimed),
+                Err(_) => false,
+            });
+            if open.is_empty() {
+                break;
+            }
+            let seen = shared.wake.current();
+            shared.wake.wait(seen, Duration::from_millis(200));
+        }
+        shared.done.store(true, Ordering::SeqCst);
+        shared.wake.notify();
+    });
+    if let Ok(mut g) = worker_error.lock() {
+        if let Some(e) = g.take() {
+            return Err(e);
+        }
+    }
+    let mut tasks = Vec::new();
+    let mut totals = Totals::default();
+    for id in &ids {
+        let t = c.get(id.as_str())?;
+        totals.total += 1;
+        match t.status {
+            Status::Completed => totals.completed += 1,
+            Status::Dead => totals.dead += 1,
+            Status::Blocked => totals.blocked += 1,
+            Status::Cancelled => totals.cancelled += 1,
+            Status::Pending | Status::Claimed => totals.unfinished += 1,
+        }
+        tasks.push(TaskOutcome {
+            id: t.id.to_string(),
+            description: t.description.clone(),
+            status: t.status,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            claimed_by: t.claimed_by.clone(),
+            duration_ms: match (t.claimed_at, t.completed_at.or(Some(t.updated_at))) {
+                (Some(a), Some(b)) if t.attempts > 0 => Some(clock::ms_between(a, b)),
+                _ => None,
+            },
+            result: t.result.clone(),
+            error: t.error.clone(),
+            log_file: t.log_file.clone(),
+        });
+    }
+    let finished = c.now();
+    Ok(RunReport {
+        version: 1,
+        goal: o.goal.clone(),
+        correlation_id: o.run_tag.clone(),
+        agent: o.agent.kind.as_str().into(),
+        workers: o.workers,
+        planned,
+        started_at: clock::format(&started),
+        finished_at: clock::format(&finished),
+        duration_ms: start.elapsed().as_millis() as u64,
+        interrupted: interrupted(),
+        success: totals.completed == totals.total && !interrupted(),
+        totals,
+        tasks,
+    })
+}
+
+/// A fresh run id: `run-` plus 8 hex digits; also the run's correlation id.
+pub fn new_run_id() -> String {
+    format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// The report as a JSON value.
+pub fn report_json(r: &RunReport) -> Value {
+    serde_json::to_value(r).unwrap_or_else(|_| json!({}))
+}

@@ -1,0 +1,543 @@
+//! `run`, `from-config` and `work` end to end, with the stand-in
+//! `fixtures/fake-claude` and with the shell adapter.
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orchestrate")
+}
+
+fn fake_claude() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude")
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn coord(&self) -> PathBuf {
+        self.path().join(".coordination")
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(self.path())
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_AGENT_ID")
+            .env_remove("ORCHESTRATOR_MAX_WORKERS")
+            .env_remove("ORCHESTRATOR_TASK_TIMEOUT")
+            .env_remove("CLAUDE_MODEL")
+            .env("ORCHESTRATE_CLAUDE_BIN", fake_claude())
+            .timeout(Duration::from_secs(60));
+        c
+    }
+    fn write(&self, name: &str, v: &Value) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        p
+    }
+    /// A coordination dir with fast backoff so retries happen in the test's time.
+    fn init_fast_backoff(&self) {
+        self.cmd().args(["init", "goal"]).assert().success();
+        let cfg = self.coord().join("config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+        v["backoff"] = json!({"base_ms": 10, "factor": 2.0, "max_ms": 50, "jitter": 0.0});
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+    fn task_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.coord().join("tasks")) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn task(&self, id: &str) -> Value {
+        serde_json::from_slice(
+            &std::fs::read(self.coord().join("tasks").join(format!("{id}.json"))).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+fn report(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("report written")).expect("report is JSON")
+}
+
+fn by_id<'a>(r: &'a Value, id: &str) -> &'a Value {
+    r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("task {id} in report {r:#}"))
+}
+
+#[test]
+fn leader_plans_then_workers_run_every_task() {
+    let env = Env::new();
+    let log = env.path().join("calls.log");
+    let out = env
+        .cmd()
+        .args([
+            "run",
+            "Build a user authentication system",
+            "-w",
+            "2",
+            "-m",
+            "test-model",
+            "-o",
+            "report.json",
+        ])
+        .env("FAKE_CLAUDE_LOG", &log)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("4 tasks: 4 completed"), "{stdout}");
+    let r = report(&env.path().join("report.json"));
+    assert_eq!(r["success"], true);
+    assert_eq!(r["planned"], true);
+    assert_eq!(r["totals"]["completed"], 4);
+    let review = by_id(&r, "review");
+    assert_eq!(review["result"]["result"], "Did: Review everything");
+    assert_eq!(review["result"]["num_turns"], 1);
+    // Dependencies were honoured: review ran after implement and docs completed.
+    let t_review = env.task("review");
+    let t_impl = env.task("implement");
+    assert!(t_review["claimed_at"].as_str() >= t_impl["completed_at"].as_str());
+    // hints given as a list became text.
+    assert_eq!(
+        t_impl["context"]["hints"],
+        "write tests first\nsmall commits"
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    // One leader call and one per task, each with the model, stdin closed
+    // (the fake reads stdin to EOF: an open stdin would hang it).
+    assert_eq!(calls.lines().count(), 5, "{calls}");
+    assert!(
+        calls
+            .lines()
+            .all(|l| l.contains("model=test-model") && l.contains("stdin_bytes=0")),
+        "{calls}"
+    );
+    assert!(
+        calls
+            .lines()
+            .skip(1)
+            .all(|l| l.contains("token=1") && l.contains("corr=run-")),
+        "{calls}"
+    );
+}
+
+#[test]
+fn failing_worker_is_retried_then_dead_and_dependents_blocked() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    let tasks = env.write(
+        "tasks.json",
+        &json!({"tasks": [
+            {"id": "bad", "description": "FAIL always", "max_attempts": 2},
+            {"id": "after", "description": "needs bad", "dependencies": ["bad"]},
+            {"id": "fine", "description": "independent"}
+        ]}),
+    );
+    let out = env
+        .cmd()
+        .args(["run", "g", "--no-plan", "--tasks"])
+        .arg(&tasks)
+        .args(["-o", "r.json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 completed, 1 dead, 1 blocked"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bad dead"), "{stdout}");
+    let r = report(&env.path().join("r.json"));
+    assert_eq!(r["success"], false);
+    assert_eq!(by_id(&r, "bad")["status"], "dead");
+    assert_eq!(by_id(&r, "bad")["attempts"], 2);
+    assert!(by_id(&r, "bad")["error"]
+        .as_str()
+        .unwrap()
+        .contains("claude reported an error"));
+    assert_eq!(by_id(&r, "after")["status"], "blocked");
+    assert_eq!(by_id(&r, "fine")["status"], "completed");
+}
+
+#[test]
+fn timeout_kills_the_attempt_and_fails_it() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    let pidfile = env.path().join("hang.pid");
+    let tasks = env.write(
+        "t.json",
+        &json!([{"id": "slow", "description": "HANG forever", "max_attempts": 1}]),
+    );
+    let start = Instant::now();
+    env.cmd()
+        .args([
+            "run",
+            "g",
+            "--no-plan",
+            "-t",
+            "1",
+            "-o",
+            "r.json",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .env("FAKE_CLAUDE_PIDFILE", &pidfile)
+        .assert()
+        .code(1);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let r = report(&env.path().join("r.json"));
+    let slow = by_id(&r, "slow");
+    assert_eq!(slow["status"], "dead");
+    assert!(
+        slow["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1 s"),
+        "{slow}"
+    );
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the hung agent was not killed"
+    );
+}
+
+#[test]
+fn broken_plan_twice_stops_with_nothing_written() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args(["run", "g"])
+        .env("FAKE_CLAUDE_PLAN_MODE", "broken")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid twice"), "{stderr}");
+    assert!(stderr.contains("no JSON array of tasks"), "{stderr}");
+    assert!(env.task_files().is_empty(), "{:?}", env.task_files());
+}
+
+#[test]
+fn broken_plan_once_is_sent_back_and_the_correction_runs() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args(["run", "g", "-o", "r.json"])
+        .env("FAKE_CLAUDE_PLAN_MODE", "broken-once")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plan rejected") && stderr.contains("dependency cycle"),
+        "{stderr}"
+    );
+    assert_eq!(report(&env.path().join("r.json"))["totals"]["completed"], 4);
+}
+
+#[test]
+fn missing_claude_binary_is_a_clear_error_before_any_task() {
+    let env = Env::new();
+    let tasks = env.write("t.json", &json!([{"description": "x"}]));
+    let out = env
+        .cmd()
+        .args([
+            "run",
+            "g",
+            "--no-plan",
+            "--claude-bin",
+            "/nonexistent/claude",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--claude-bin") && stderr.contains("--agent shell"),
+        "{stderr}"
+    );
+    assert!(env.task_files().is_empty());
+}
+
+#[test]
+fn ctrl_c_kills_children_releases_tasks_and_exits_130() {
+    let env = Env::new();
+    let pidfile = env.path().join("hang.pid");
+    let tasks = env.write(
+        "t.json",
+        &json!([{"id": "long", "description": "HANG until interrupted"}]),
+    );
+    let mut child = std::process::Command::new(bin())
+        .current_dir(env.path())
+        .env("ORCHESTRATE_CLAUDE_BIN", fake_claude())
+        .env("FAKE_CLAUDE_PIDFILE", &pidfile)
+        .args(["run", "g", "--no-plan", "-o", "r.json", "--tasks"])
+        .arg(&tasks)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "agent never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    let t = env.task("long");
+    assert_eq!(t["status"], "pending", "{t:#}");
+    assert_eq!(
+        t["attempts"], 0,
+        "the interrupted attempt must not be spent"
+    );
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "child not killed"
+    );
+    assert_eq!(report(&env.path().join("r.json"))["interrupted"], true);
+}
+
+#[test]
+fn python_tasks_file_without_ids_but_with_dependencies_is_refused_not_spun() {
+    let env = Env::new();
+    let tasks = env.write(
+        "tasks.json",
+        &json!([{"description": "a"}, {"description": "b", "dependencies": ["task-1234abcd"]}]),
+    );
+    let out = env
+        .cmd()
+        .args(["run", "g", "--no-plan", "--tasks"])
+        .arg(&tasks)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dependency `task-1234abcd`"), "{stderr}");
+    assert!(env.task_files().is_empty());
+}
+
+#[test]
+fn from_config_accepts_the_python_orchestration_json() {
+    let env = Env::new();
+    let cfg = env.write(
+        "orchestration.json",
+        &json!({
+            "goal": "Add a /health endpoint",
+            "working_directory": env.path(),
+            "max_workers": 2,
+            "model": "claude-sonnet-4-20250514",
+            "task_timeout": 30,
+            "tasks": [
+                {"description": "Write the handler", "priority": 1, "hints": "return 200"},
+                {"description": "Document endpoint", "context_files": ["README.md"], "hints": ["one", "two"]}
+            ]
+        }),
+    );
+    let log = env.path().join("calls.log");
+    env.cmd()
+        .args(["from-config"])
+        .arg(&cfg)
+        .args(["--json"])
+        .env("FAKE_CLAUDE_LOG", &log)
+        .assert()
+        .success();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().count(), 2);
+    assert!(calls.contains("model=claude-sonnet-4-20250514"));
+}
+
+#[test]
+fn init_then_create_task_into_config_then_from_config() {
+    let env = Env::new();
+    env.cmd()
+        .args(["init", "Ship it", "-o", "orchestration.json"])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["init", "Ship it", "-o", "orchestration.json"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args([
+            "create-task",
+            "Create JWT utility",
+            "-p",
+            "1",
+            "-c",
+            "orchestration.json",
+            "--id",
+            "jwt",
+        ])
+        .assert()
+        .success();
+    env.cmd()
+        .args([
+            "create-task",
+            "Use it",
+            "-c",
+            "orchestration.json",
+            "-d",
+            "jwt",
+        ])
+        .assert()
+        .success();
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(env.path().join("orchestration.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["goal"], "Ship it");
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 2);
+    assert!(
+        env.task_files().is_empty(),
+        "-c must not touch the live queue"
+    );
+    env.cmd()
+        .args(["from-config", "orchestration.json"])
+        .assert()
+        .success();
+    assert_eq!(env.task("jwt")["status"], "completed");
+}
+
+#[test]
+fn shell_adapter_records_exit_status_output_and_log_and_env() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    let tasks = env.write(
+        "t.json",
+        &json!([
+            {"id": "ok", "description": "echo env", "command": "echo \"id=$ORCHESTRATE_TASK_ID token=$ORCHESTRATE_FENCING_TOKEN agent=$ORCHESTRATE_AGENT_ID dir=$ORCHESTRATE_DIR\"; pwd"},
+            {"id": "nocmd", "description": "has no command", "max_attempts": 1},
+            {"id": "bad", "description": "exits 7", "command": "echo oops >&2; exit 7", "max_attempts": 1}
+        ]),
+    );
+    env.cmd()
+        .args([
+            "run",
+            "g",
+            "--agent",
+            "shell",
+            "--no-plan",
+            "-o",
+            "r.json",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .assert()
+        .code(1);
+    let r = report(&env.path().join("r.json"));
+    let ok = by_id(&r, "ok");
+    assert_eq!(ok["status"], "completed");
+    assert_eq!(ok["result"]["exit_code"], 0);
+    let output = ok["result"]["output"].as_str().unwrap();
+    assert!(output.contains("id=ok token=1 agent=run-"), "{output}");
+    assert!(
+        output.contains(&format!("dir={}", env.coord().display())),
+        "{output}"
+    );
+    let log = env.coord().join(ok["log_file"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(log).unwrap(), output);
+    let nocmd = by_id(&r, "nocmd");
+    assert_eq!(nocmd["status"], "dead");
+    assert!(nocmd["error"]
+        .as_str()
+        .unwrap()
+        .contains("has no `command`"));
+    let bad = by_id(&r, "bad");
+    assert_eq!(bad["result"]["exit_code"], 7);
+    assert_eq!(bad["result"]["output"], "oops\n");
+    assert_eq!(bad["error"], "exit status 7");
+}
+
+#[test]
+fn bad_environment_defaults_are_usage_errors() {
+    let env = Env::new();
+    env.cmd()
+        .args(["run", "g", "--agent", "shell", "--no-plan"])
+        .env("ORCHESTRATOR_MAX_WORKERS", "many")
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["run", "g", "--agent", "shell", "--no-plan"])
+        .env("ORCHESTRATOR_TASK_TIMEOUT", "-5")
+        .assert()
+        .code(2);
+    env.cmd().args(["run", "g", "-w", "0"]).assert().code(2);
+}
+
+#[test]
+fn work_until_empty_drains_the_queue_with_the_shell_adapter() {
+    let env = Env::new();
+    env.cmd().args(["init", "g"]).assert().success();
+    for i in 0..3 {
+        env.cmd()
+            .args([
+                "create-task",
+                &format!("t{i}"),
+                "--id",
+                &format!("t{i}"),
+                "--command",
+                "true",
+            ])
+            .assert()
+            .success();
+    }
+    let out = env
+        .cmd()
+        .args([
+            "work",
+            "--agent",
+            "w1",
+            "--adapter",
+            "shell",
+            "--until-empty",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["completed"], 3);
+    for i in 0..3 {
+        assert_eq!(env.task(&format!("t{i}"))["status"], "completed");
+    }
+}

@@ -4,18 +4,25 @@
 //! task file. It is a hint, never the truth: every entry is checked against
 //! the task file before it is used, entries are added *before* the task file
 //! changes and removed *after*, so the index is always a superset of the
-//! truth, and a missing or foreign-version index is rebuilt from `tasks/`.
-//! Nothing in it is fsynced.
+//! truth, and a missing, foreign-version or pre-reboot index is rebuilt from
+//! `tasks/`. Nothing in it is fsynced.
 //!
-//! - `index/version`: `1`.
+//! Files are appended to and rewritten in place rather than created and
+//! deleted per entry: on ext4, every freed inode makes later inode
+//! allocations slower for a while (`recently_deleted()`), so churning
+//! inodes for index entries made claims quadratic under load.
+//!
+//! - `index/version`: `1 <boot id>`; the boot id (`/proc/sys/kernel/random/boot_id`)
+//!   makes a reboot, and so a power loss, force a rebuild.
 //! - `index/next_seq`: the next task `seq`, decimal.
-//! - `index/ready/<pp>-<bucket>/<seq>-<id>`: empty files, one per pending
-//!   task whose dependencies are completed (maybe still backing off).
-//!   `pp` is the two-digit priority, `bucket` is `seq / 256` in 12 digits,
-//!   `seq` is 12 digits: name order is claim order.
-//! - `index/waiting/<id>`: pending tasks waiting on dependencies.
+//! - `index/ready/<pp>-<bucket>`: one line `<seq>-<id>` per pending task
+//!   whose dependencies are completed (maybe still backing off). `pp` is the
+//!   two-digit priority, `bucket` is `seq / 256` in 12 digits, `seq` is 12
+//!   digits: file order, then line order, is claim order.
+//! - `index/waiting`: ids of pending tasks created or put back while waiting
+//!   on dependencies (append-only; compacted when read).
 //! - `index/dependents/<id>`: ids of tasks that depend on `<id>`, one per line.
-//! - `index/leases/<expires_ms>-<id>`: claimed tasks and their lease expiry
+//! - `index/leases`: one line `<expires_ms>-<id>` per claimed task
 //!   (13-digit Unix milliseconds).
 
 use crate::error::{Error, Result};
@@ -39,25 +46,64 @@ fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error
     move |e| Error::io(op, p, e)
 }
 
-fn touch(p: &Path) -> Result<()> {
-    match OpenOptions::new()
-        .write(true)
+fn append_line(p: &Path, line: &str) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .append(true)
         .create(true)
-        .truncate(false)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(p)
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::io("create index entry", p, e)),
+        .map_err(io("open index file", p))?;
+    f.write_all(format!("{line}\n").as_bytes())
+        .map_err(io("append to index file", p))
+}
+
+fn read_lines(p: &Path) -> Result<Vec<String>> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        // Not UTF-8: junk in a derived file; treat as empty (the caller's
+        // superset checks and a rebuild recover).
+        Err(e) if e.kind() == ErrorKind::InvalidData => Ok(Vec::new()),
+        Err(e) => Err(Error::io("read index file", p, e)),
     }
 }
 
-fn remove(p: &Path) -> Result<()> {
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove index entry", p, e)),
+/// Rewrites `p` with `lines` without making a new inode: write from offset
+/// 0, then cut the file. A crash in between leaves old lines after the new
+/// ones, which is a superset, as the protocol allows.
+fn rewrite_lines(p: &Path, lines: &[String]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("open index file", p, e)),
+    };
+    let mut buf = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        buf.push_str(l);
+        buf.push('\n');
     }
+    f.write_all_at(buf.as_bytes(), 0)
+        .map_err(io("rewrite index file", p))?;
+    f.set_len(buf.len() as u64)
+        .map_err(io("truncate index file", p))
+}
+
+fn remove_line(p: &Path, line: &str) -> Result<()> {
+    let lines = read_lines(p)?;
+    if !lines.iter().any(|l| l == line) {
+        return Ok(());
+    }
+    let kept: Vec<String> = lines.into_iter().filter(|l| l != line).collect();
+    rewrite_lines(p, &kept)
 }
 
 fn list_names(dir: &Path) -> Result<Vec<String>> {
@@ -79,6 +125,13 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// The boot id of the running kernel, or "" where there is none.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A ready-index entry, in claim order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct ReadyEntry {
@@ -92,156 +145,169 @@ impl Index {
         Index { root }
     }
 
-    /// True when the index exists in the version this code writes.
-    pub fn is_current(&self) -> bool {
-        matches!(std::fs::read_to_string(self.root.join("version")), Ok(s) if s.trim() == INDEX_VERSION)
+    fn version_line() -> String {
+        format!("{INDEX_VERSION} {}", boot_id())
     }
 
-    fn ready_bucket(t: &Task) -> String {
+    /// True when the index exists in the version this code writes and was
+    /// built since the last boot.
+    pub fn is_current(&self) -> bool {
+        matches!(std::fs::read_to_string(self.root.join("version")), Ok(s) if s.trim() == Self::version_line().trim())
+    }
+
+    fn bucket_name(t: &Task) -> String {
         format!("{:02}-{:012}", t.priority, t.seq / BUCKET)
     }
 
-    fn ready_path(&self, t: &Task) -> PathBuf {
-        self.root
-            .join("ready")
-            .join(Self::ready_bucket(t))
-            .join(format!("{:012}-{}", t.seq, t.id))
+    fn entry_name(t: &Task) -> String {
+        format!("{:012}-{}", t.seq, t.id)
+    }
+
+    /// True when `e` is the entry `t` would have if it were ready.
+    pub fn entry_matches(e: &ReadyEntry, t: &Task) -> bool {
+        e.name == Self::entry_name(t) && e.bucket == Self::bucket_name(t)
+    }
+
+    fn ready_dir(&self) -> PathBuf {
+        self.root.join("ready")
     }
 
     pub fn add_ready(&self, t: &Task) -> Result<()> {
-        let p = self.ready_path(t);
-        match touch(&p) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let dir = p.parent().unwrap_or(&self.root);
-                std::fs::create_dir_all(dir).map_err(io("create index directory", dir))?;
-                touch(&p)
-            }
-        }
+        append_line(
+            &self.ready_dir().join(Self::bucket_name(t)),
+            &Self::entry_name(t),
+        )
     }
 
     pub fn remove_ready(&self, t: &Task) -> Result<()> {
-        remove(&self.ready_path(t))
+        remove_line(
+            &self.ready_dir().join(Self::bucket_name(t)),
+            &Self::entry_name(t),
+        )
     }
 
     pub fn remove_ready_entry(&self, e: &ReadyEntry) -> Result<()> {
-        remove(&self.root.join("ready").join(&e.bucket).join(&e.name))
+        remove_line(&self.ready_dir().join(&e.bucket), &e.name)
     }
 
     /// Ready buckets in claim order.
     pub fn ready_buckets(&self) -> Result<Vec<String>> {
-        list_names(&self.root.join("ready"))
+        list_names(&self.ready_dir())
     }
 
-    /// Entries of one bucket in claim order.
+    /// Entries of one bucket in claim order (duplicates removed).
     pub fn bucket_entries(&self, bucket: &str) -> Result<Vec<ReadyEntry>> {
-        let names = list_names(&self.root.join("ready").join(bucket))?;
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            let id = n.split_once('-').map(|(_, id)| id).unwrap_or("");
-            // A name that is not ours is junk in a derived directory: drop it.
-            match TaskId::new(id) {
-                Ok(id) => out.push(ReadyEntry {
+        let mut names = read_lines(&self.ready_dir().join(bucket))?;
+        names.sort_unstable();
+        names.dedup();
+        Ok(names
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.split_once('-').map(|(_, id)| id)?;
+                let id = TaskId::new(id).ok()?;
+                Some(ReadyEntry {
                     bucket: bucket.to_string(),
                     name: n,
                     id,
-                }),
-                Err(_) => {
-                    let _ = remove(&self.root.join("ready").join(bucket).join(&n));
-                }
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     pub fn remove_bucket_if_empty(&self, bucket: &str) {
-        // Fails with ENOTEMPTY when it is not; that is fine.
-        let _ = std::fs::remove_dir(self.root.join("ready").join(bucket));
-    }
-
-    pub fn add_waiting(&self, id: &TaskId) -> Result<()> {
-        touch(&self.root.join("waiting").join(id.as_str()))
-    }
-
-    pub fn remove_waiting(&self, id: &TaskId) -> Result<()> {
-        remove(&self.root.join("waiting").join(id.as_str()))
-    }
-
-    /// True when at least one task is waiting on dependencies (per the index).
-    pub fn any_waiting(&self) -> Result<bool> {
-        let dir = self.root.join("waiting");
-        match std::fs::read_dir(&dir) {
-            Ok(mut rd) => Ok(rd.next().is_some()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io("list", &dir, e)),
+        let p = self.ready_dir().join(bucket);
+        if matches!(std::fs::metadata(&p), Ok(m) if m.len() == 0) {
+            let _ = std::fs::remove_file(p);
         }
     }
 
+    pub fn add_waiting(&self, id: &TaskId) -> Result<()> {
+        append_line(&self.root.join("waiting"), id.as_str())
+    }
+
+    /// True when some task is still waiting on dependencies, as told by
+    /// `still_waiting` (which reads the task file). Drops entries that are
+    /// no longer waiting.
+    pub fn any_waiting(&self, still_waiting: &dyn Fn(&TaskId) -> bool) -> Result<bool> {
+        let p = self.root.join("waiting");
+        let lines = read_lines(&p)?;
+        let mut kept = Vec::new();
+        let mut found = false;
+        let mut seen = std::collections::HashSet::new();
+        for l in lines {
+            if found {
+                kept.push(l);
+                continue;
+            }
+            if !seen.insert(l.clone()) {
+                continue;
+            }
+            if let Ok(id) = TaskId::new(l.as_str()) {
+                if still_waiting(&id) {
+                    found = true;
+                    kept.push(l);
+                }
+            }
+        }
+        rewrite_lines(&p, &kept)?;
+        Ok(found)
+    }
+
     pub fn add_dependent(&self, dep: &TaskId, dependent: &TaskId) -> Result<()> {
-        let p = self.root.join("dependents").join(dep.as_str());
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&p)
-            .map_err(io("open", &p))?;
-        f.write_all(format!("{dependent}\n").as_bytes())
-            .map_err(io("append", &p))
+        append_line(
+            &self.root.join("dependents").join(dep.as_str()),
+            dependent.as_str(),
+        )
     }
 
     /// Ids that depend on `id` (deduplicated, sorted).
     pub fn dependents(&self, id: &TaskId) -> Result<Vec<TaskId>> {
-        let p = self.root.join("dependents").join(id.as_str());
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("read", &p, e)),
-        };
-        let mut v: Vec<TaskId> = text.lines().filter_map(|l| TaskId::new(l).ok()).collect();
+        let mut v: Vec<TaskId> = read_lines(&self.root.join("dependents").join(id.as_str()))?
+            .iter()
+            .filter_map(|l| TaskId::new(l.as_str()).ok())
+            .collect();
         v.sort();
         v.dedup();
         Ok(v)
     }
 
-    fn lease_path(&self, expires_ms: i64, id: &TaskId) -> PathBuf {
-        self.root
-            .join("leases")
-            .join(format!("{:013}-{}", expires_ms.max(0), id))
+    fn lease_line(t: &Task) -> Option<String> {
+        t.lease_expires_at
+            .map(|exp| format!("{:013}-{}", exp.timestamp_millis().max(0), t.id))
     }
 
     pub fn add_lease(&self, t: &Task) -> Result<()> {
-        if let Some(exp) = t.lease_expires_at {
-            touch(&self.lease_path(exp.timestamp_millis(), &t.id))?;
+        match Self::lease_line(t) {
+            Some(l) => append_line(&self.root.join("leases"), &l),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn remove_lease(&self, t: &Task) -> Result<()> {
-        if let Some(exp) = t.lease_expires_at {
-            remove(&self.lease_path(exp.timestamp_millis(), &t.id))?;
+        match Self::lease_line(t) {
+            Some(l) => remove_line(&self.root.join("leases"), &l),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Lease entries: (expiry in Unix ms, task id, entry name).
+    /// Lease entries: (expiry in Unix ms, task id, entry line).
     pub fn leases(&self) -> Result<Vec<(i64, TaskId, String)>> {
         let mut v = Vec::new();
-        for n in list_names(&self.root.join("leases"))? {
+        for n in read_lines(&self.root.join("leases"))? {
             let parsed = n
                 .split_once('-')
                 .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, TaskId::new(id).ok()?)));
-            match parsed {
-                Some((ms, id)) => v.push((ms, id, n)),
-                None => {
-                    let _ = remove(&self.root.join("leases").join(&n));
-                }
+            if let Some((ms, id)) = parsed {
+                v.push((ms, id, n));
             }
         }
+        v.sort();
+        v.dedup();
         Ok(v)
     }
 
     pub fn remove_lease_entry(&self, name: &str) -> Result<()> {
-        remove(&self.root.join("leases").join(name))
+        remove_line(&self.root.join("leases"), name)
     }
 
     pub fn next_seq(&self) -> Result<u64> {
@@ -268,7 +334,7 @@ impl Index {
                 std::fs::remove_dir_all(p).map_err(io("remove", p))?;
             }
         }
-        for sub in ["ready", "waiting", "dependents", "leases"] {
+        for sub in ["ready", "dependents"] {
             let d = tmp.join(sub);
             std::fs::create_dir_all(&d).map_err(io("create directory", &d))?;
         }
@@ -276,12 +342,16 @@ impl Index {
         let by_id: std::collections::HashMap<&TaskId, &Task> =
             tasks.iter().map(|t| (&t.id, t)).collect();
         let mut max_seq = 0;
+        let mut ready: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut dependents: std::collections::BTreeMap<&TaskId, Vec<&str>> = Default::default();
+        let mut waiting = Vec::new();
+        let mut leases = Vec::new();
         for t in tasks {
             max_seq = max_seq.max(t.seq);
             use crate::task::Status::*;
             if matches!(t.status, Pending | Claimed | Blocked) {
                 for d in &t.dependencies {
-                    fresh.add_dependent(d, &t.id)?;
+                    dependents.entry(d).or_default().push(t.id.as_str());
                 }
             }
             match t.status {
@@ -291,17 +361,37 @@ impl Index {
                         .iter()
                         .all(|d| by_id.get(d).is_some_and(|d| d.status == Completed));
                     if all_done {
-                        fresh.add_ready(t)?;
+                        ready
+                            .entry(Self::bucket_name(t))
+                            .or_default()
+                            .push(Self::entry_name(t));
                     } else {
-                        fresh.add_waiting(&t.id)?;
+                        waiting.push(t.id.to_string());
                     }
                 }
-                Claimed => fresh.add_lease(t)?,
+                Claimed => leases.extend(Self::lease_line(t)),
                 _ => {}
             }
         }
+        let write = |p: PathBuf, lines: &[String]| -> Result<()> {
+            let mut s = lines.join("\n");
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            std::fs::write(&p, s).map_err(|e| Error::io("write", &p, e))
+        };
+        for (b, mut lines) in ready {
+            lines.sort();
+            write(tmp.join("ready").join(b), &lines)?;
+        }
+        for (d, ids) in dependents {
+            let lines: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            write(tmp.join("dependents").join(d.as_str()), &lines)?;
+        }
+        write(tmp.join("waiting"), &waiting)?;
+        write(tmp.join("leases"), &leases)?;
         fresh.set_next_seq(max_seq + 1)?;
-        std::fs::write(tmp.join("version"), format!("{INDEX_VERSION}\n"))
+        std::fs::write(tmp.join("version"), format!("{}\n", Self::version_line()))
             .map_err(io("write", &tmp))?;
         if self.root.exists() {
             std::fs::rename(&self.root, &old).map_err(io("rename", &self.root))?;

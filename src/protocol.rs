@@ -197,6 +197,7 @@ impl Coordination {
         let layout = Layout::new(dir.into());
         let config = store::read_config(&layout.config())?
             .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
+        refuse_symlinked_dirs(&layout)?;
         let index = Index::new(layout.index_dir());
         Ok(Coordination {
             layout,
@@ -434,7 +435,6 @@ impl Coordination {
             tx.save(&t)?;
             self.index.remove_lease(&old)?;
             self.index.remove_ready(&old)?;
-            self.index.remove_waiting(&old.id)?;
             tx.event_from(
                 "task_cancelled",
                 &t,
@@ -794,7 +794,6 @@ impl Txn<'_> {
                 }
                 t.block(self.now, &cur);
                 self.save(&t)?;
-                self.c.index.remove_waiting(&t.id)?;
                 self.c.index.remove_ready(&t)?;
                 let e = self.event("task_blocked", &t, Some(Status::Pending));
                 e.detail
@@ -965,7 +964,9 @@ impl Txn<'_> {
                 NotReadyReason::NoMatch,
                 "no ready task carries the requested tags".to_string(),
             )
-        } else if self.c.index.any_waiting()? {
+        } else if self.c.index.any_waiting(&|id| {
+            matches!(store::read_task(&self.c.layout.task(id), id), Ok(Some(t)) if t.status == Status::Pending)
+        })? {
             (
                 NotReadyReason::WaitingOnDependencies,
                 "pending tasks are waiting on dependencies that are not completed".to_string(),
@@ -986,9 +987,7 @@ impl Txn<'_> {
     }
 
     fn entry_matches(&self, e: &ReadyEntry, t: &Task) -> bool {
-        t.status == Status::Pending
-            && e.name == format!("{:012}-{}", t.seq, t.id)
-            && e.bucket == format!("{:02}-{:012}", t.priority, t.seq / 256)
+        t.status == Status::Pending && Index::entry_matches(e, t)
     }
 
     fn complete(
@@ -1023,9 +1022,6 @@ impl Txn<'_> {
             self.c.index.add_ready(d)?;
         }
         self.save(&t)?;
-        for d in &promote {
-            self.c.index.remove_waiting(&d.id)?;
-        }
         self.c.index.remove_lease(&old)?;
         self.event_from(
             "task_completed",
@@ -1394,6 +1390,27 @@ fn topo_order(
         cur = next;
     }
     Err(Error::Cycle(ids.iter().map(|i| i.to_string()).collect()))
+}
+
+/// Refuses subdirectories of `.coordination/` that are symlinks (DESIGN.md
+/// section 2: symlinks inside `.coordination/` are refused, not followed).
+/// The files inside are opened with `O_NOFOLLOW`, but that only guards the
+/// last path component: a symlinked `tasks/` would send every write outside.
+fn refuse_symlinked_dirs(layout: &Layout) -> Result<()> {
+    for d in [
+        layout.tasks_dir(),
+        layout.index_dir(),
+        layout.logs_dir(),
+        layout.agents_dir(),
+    ] {
+        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::corrupt(
+                &d,
+                "is a symlink; symlinks inside .coordination/ are refused, not followed",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Finds the coordination directory: `explicit` if given, else

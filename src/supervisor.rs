@@ -615,16 +615,22 @@ pub fn run(
                 }
             });
         }
-        // The run ends when none of its tasks is pending or claimed.
-        let mut open: Vec<TaskId> = ids.clone();
+        // The run ends when none of its tasks is pending or claimed. Checking
+        // from the front and stopping at the first open task keeps each
+        // check O(1) amortised instead of re-reading every task.
+        let mut open: std::collections::VecDeque<TaskId> = ids.iter().cloned().collect();
         loop {
             if interrupted() || shared.done.load(Ordering::SeqCst) {
                 break;
             }
-            open.retain(|id| match c.get(id.as_str()) {
-                Ok(t) => matches!(t.status, Status::Pending | Status::Claimed),
-                Err(_) => false,
-            });
+            while let Some(id) = open.front() {
+                match c.get(id.as_str()) {
+                    Ok(t) if matches!(t.status, Status::Pending | Status::Claimed) => break,
+                    _ => {
+                        open.pop_front();
+                    }
+                }
+            }
             if open.is_empty() {
                 break;
             }

@@ -1,0 +1,122 @@
+//! `orchestrate run --agent shell -w 4` against `make -j4` over the same
+//! 1,000-task DAG of no-op commands, side by side in one run (issue 3).
+//!
+//! Run: `cargo bench --bench run_vs_make` (optionally `-- --tasks N`).
+//! The DAG: 10 layers of N/10 tasks; every task of layer k > 0 depends on
+//! two tasks of layer k-1. Each task's command is `true`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn orchestrate_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_orchestrate"));
+    assert!(p.exists(), "build the binary first: cargo build --release");
+    p
+}
+
+fn write_dag(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let layers = 10;
+    let width = n / layers;
+    let mut tasks = Vec::new();
+    let mut make = String::from(".PHONY: all\n");
+    let mut all = Vec::new();
+    for l in 0..layers {
+        for i in 0..width {
+            let id = format!("t{l}-{i}");
+            let deps: Vec<String> = if l == 0 {
+                vec![]
+            } else {
+                vec![
+                    format!("t{}-{}", l - 1, i),
+                    format!("t{}-{}", l - 1, (i + 1) % width),
+                ]
+            };
+            make += &format!(".PHONY: {id}\n{id}: {}\n\t@true\n", deps.join(" "));
+            tasks.push(serde_json::json!({"id": id, "description": id, "dependencies": deps, "command": "true"}));
+            all.push(id);
+        }
+    }
+    make = format!("all: {}\n{make}", all.join(" "));
+    let tf = dir.join("tasks.json");
+    std::fs::write(&tf, serde_json::to_vec(&tasks).unwrap()).unwrap();
+    let mf = dir.join("Makefile");
+    std::fs::write(&mf, make).unwrap();
+    (tf, mf)
+}
+
+fn time(mut c: Command) -> Duration {
+    let t = Instant::now();
+    let out = c.output().expect("spawn");
+    let d = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        c,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n = args
+        .iter()
+        .position(|a| a == "--tasks")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    let root = tempfile::tempdir_in(base).unwrap();
+    let (tf, mf) = write_dag(root.path(), n);
+    println!("DAG: {n} no-op tasks in 10 layers, 2 dependencies each; 4 workers / jobs");
+    for durability in ["durable", "relaxed"] {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for round in 0..3 {
+            let work = root.path().join(format!("{durability}-{round}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let coord = work.join(".coordination");
+            let st = Command::new(orchestrate_bin())
+                .arg("--dir")
+                .arg(&coord)
+                .args(["init", "bench"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let cfg = coord.join("config.json");
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+            v["durability"] = durability.into();
+            std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+            let mut c = Command::new(orchestrate_bin());
+            c.current_dir(&work)
+                .arg("--dir")
+                .arg(&coord)
+                .args([
+                    "run",
+                    "bench",
+                    "--agent",
+                    "shell",
+                    "-w",
+                    "4",
+                    "--no-plan",
+                    "-q",
+                    "--tasks",
+                ])
+                .arg(&tf);
+            ours.push(time(c));
+            let mut m = Command::new("make");
+            m.current_dir(&work).arg("-s").arg("-j4").arg("-f").arg(&mf);
+            theirs.push(time(m));
+        }
+        ours.sort();
+        theirs.sort();
+        let (o, m) = (ours[1].as_secs_f64(), theirs[1].as_secs_f64());
+        println!(
+            "{durability:>8}: orchestrate run {o:.3} s, make -j4 {m:.3} s, ratio {:.2} (median of 3; target <= 1.5)",
+            o / m
+        );
+    }
+}

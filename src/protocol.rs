@@ -10,6 +10,7 @@ use crate::events::{self, Event};
 use crate::index::{Index, ReadyEntry};
 use crate::layout::{self, Layout};
 use crate::lock::{self, LockGuard};
+use crate::registry::AgentRecord;
 use crate::store;
 use crate::task::{self, NewTask, Status, Task, TaskId, DEFAULT_PRIORITY, TASK_SCHEMA_VERSION};
 use serde::Serialize;
@@ -566,6 +567,70 @@ impl Coordination {
             oldest_pending_age_ms: oldest.map(|o| clock::ms_between(o, now)),
             next_ready_at,
             unreadable: listing.errors.iter().map(|e| e.to_string()).collect(),
+        })
+    }
+
+    /// Tasks currently claimed by `agent`, found through the lease index and
+    /// checked against their files. No lock is taken.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad agent id; I/O errors reading the index.
+    pub fn held_by(&self, agent: &str) -> Result<Vec<Task>> {
+        task::validate_name("agent id", agent)?;
+        let mut out: Vec<Task> = Vec::new();
+        for (_, id, _) in self.index.leases()? {
+            if out.iter().any(|t| t.id == id) {
+                continue;
+            }
+            if let Ok(Some(t)) = store::read_task(&self.layout.task(&id), &id) {
+                if t.status == Status::Claimed && t.claimed_by.as_deref() == Some(agent) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `agents/<id>.json`; `Ok(None)` when absent.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad id; data and I/O errors.
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>> {
+        task::validate_name("agent id", id)?;
+        let p = self.layout.agents_dir().join(format!("{id}.json"));
+        match store::read_bytes(&p)? {
+            None => Ok(None),
+            Some(b) => {
+                store::parse_versioned(&p, &b, crate::registry::AGENT_SCHEMA_VERSION).map(Some)
+            }
+        }
+    }
+
+    /// Creates or changes `agents/<id>.json` under the lock: `f` gets the
+    /// current record (a fresh active one of `kind` if none) and edits it.
+    /// `last_seen_at` is set to now. Returns the record written.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad id; lock, data and I/O errors.
+    pub fn update_agent(
+        &self,
+        id: &str,
+        kind: &str,
+        f: impl FnOnce(&mut AgentRecord),
+    ) -> Result<AgentRecord> {
+        task::validate_name("agent id", id)?;
+        self.mutate(|tx| {
+            let now = tx.now;
+            let mut rec = self
+                .agent(id)?
+                .unwrap_or_else(|| AgentRecord::new(id, kind, now));
+            f(&mut rec);
+            rec.last_seen_at = now;
+            let dir = self.layout.agents_dir();
+            store::ensure_dir(&dir)?;
+            let p = dir.join(format!("{id}.json"));
+            store::write_atomic(&p, &store::to_pretty(&rec)?, self.durable(), true)?;
+            Ok(rec)
         })
     }
 

@@ -2,6 +2,7 @@
 //! dispatch. Commands call the library and hand data to `output`.
 
 mod exit;
+mod hooks;
 mod logging;
 mod output;
 mod run;
@@ -92,6 +93,10 @@ pub enum Command {
     FromConfig(run::FromConfigArgs),
     /// Run one worker loop that joins the queue (claim, execute, report, repeat)
     Work(run::WorkArgs),
+    /// Answer a Claude Code hook event (reads the hook JSON on stdin)
+    Hook(hooks::HookArgs),
+    /// Install, remove or show our hooks in Claude Code settings
+    Hooks(hooks::HooksArgs),
 }
 
 /// Entry point of the binary.
@@ -140,6 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(a) => run::run(g, a),
         Command::FromConfig(a) => run::from_config(g, a),
         Command::Work(a) => run::work(g, a),
+        Command::Hook(a) => hooks::hook(g, a),
+        Command::Hooks(a) => hooks::hooks(g, a),
     }
 }
 

@@ -1,0 +1,173 @@
+//! `hook <event>` (called by Claude Code) and `hooks install|uninstall|show`.
+
+use super::exit::Usage;
+use super::output;
+use super::tasks::write_json_file;
+use super::Global;
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use orchestrate::hook::{self, HookEvent, HookOptions};
+use orchestrate::settings::{self, Scope};
+use orchestrate::Coordination;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// The event: session-start, user-prompt-submit, stop, subagent-stop, session-end
+    pub event: String,
+    /// Act as this agent instead of the session id [env: ORCHESTRATE_AGENT_ID]
+    #[arg(
+        long = "agent",
+        env = "ORCHESTRATE_AGENT_ID",
+        hide_env = true,
+        value_name = "ID"
+    )]
+    pub agent: Option<String>,
+    /// Lease for tasks the hook claims or heartbeats
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease: std::time::Duration,
+    /// Stop-hook blocks in a row without progress before Claude may stop anyway
+    #[arg(long, default_value_t = hook::DEFAULT_MAX_BLOCKS, value_name = "N")]
+    pub max_blocks: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    /// .claude/settings.json in the project (shared)
+    Project,
+    /// .claude/settings.local.json in the project (this checkout)
+    Local,
+    /// ~/.claude/settings.json (every project)
+    User,
+}
+
+#[derive(Debug, Args)]
+pub struct HooksArgs {
+    #[command(subcommand)]
+    pub action: HooksAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HooksAction {
+    /// Add our hook entries to a Claude Code settings file (keeps everything else)
+    Install(ScopeArgs),
+    /// Remove only our hook entries
+    Uninstall(ScopeArgs),
+    /// Print the settings file as install would write it
+    Show(ScopeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// Which settings file
+    #[arg(long, value_enum, default_value = "project")]
+    pub scope: ScopeArg,
+    /// Project root [default: current directory]
+    #[arg(long, value_name = "DIR")]
+    pub project_dir: Option<PathBuf>,
+    /// Program name or path written into the hook commands
+    #[arg(long, default_value = "orchestrate", value_name = "PATH")]
+    pub program: String,
+}
+
+/// Runs one hook. Never blocks the session on our own failure: errors are
+/// one line on stderr and exit 1 (non-blocking for Claude Code).
+pub fn hook(g: &Global, a: HookArgs) -> Result<u8> {
+    match hook_inner(g, &a) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("orchestrate hook {}: {msg}", a.event);
+            Ok(1)
+        }
+    }
+}
+
+fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
+    let event = HookEvent::parse(&a.event)?;
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(hook::MAX_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .context("read the hook input from stdin")?;
+    let input = hook::parse_input(&buf)?;
+    let cwd = input.cwd.as_deref().map(PathBuf::from);
+    let dir = hook::find_dir(g.dir.as_deref(), cwd.as_deref()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no .coordination/ found from {}; run `orchestrate init` in the project or set COORDINATION_DIR",
+            cwd.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the current directory".into())
+        )
+    })?;
+    let c = Coordination::open(&dir)?.with_lock_timeout_ms(
+        g.lock_timeout
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(5_000),
+    );
+    let opts = HookOptions {
+        agent: hook::agent_id(&input, a.agent.as_deref())?,
+        lease_ms: a.lease.as_millis() as u64,
+        max_blocks: a.max_blocks,
+    };
+    let out = hook::handle(&c, event, &input, &opts)?;
+    if let Some(v) = out.stdout {
+        let mut so = std::io::stdout().lock();
+        serde_json::to_writer(&mut so, &v)?;
+        so.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub fn hooks(g: &Global, a: HooksArgs) -> Result<u8> {
+    let (args, action) = match &a.action {
+        HooksAction::Install(s) => (s, "install"),
+        HooksAction::Uninstall(s) => (s, "uninstall"),
+        HooksAction::Show(s) => (s, "show"),
+    };
+    let project = match &args.project_dir {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()?,
+    };
+    let scope = match args.scope {
+        ScopeArg::Project => Scope::Project,
+        ScopeArg::Local => Scope::Local,
+        ScopeArg::User => Scope::User,
+    };
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let path = settings::settings_path(scope, &project, home.as_deref())?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let mut doc = settings::parse(&path, text.as_deref())?;
+    if args.program.trim().is_empty() {
+        return Err(Usage("--program must not be empty".into()).into());
+    }
+    let changed = match action {
+        "uninstall" => settings::uninstall(&mut doc),
+        _ => settings::install(&mut doc, &args.program),
+    };
+    let value = serde_json::Value::Object(doc);
+    if action != "show" && changed {
+        write_json_file(&path, &value)?;
+    }
+    if g.json || action == "show" {
+        if action == "show" && !g.json {
+            output::line(serde_json::to_string_pretty(&value)?)?;
+        } else {
+            output::json(
+                &serde_json::json!({ "file": path, "changed": changed && action != "show", "settings": value }),
+            )?;
+        }
+    } else {
+        let what = match (action, changed) {
+            ("install", true) => "installed the orchestrate hooks in",
+            ("install", false) => "the orchestrate hooks are already in",
+            (_, true) => "removed the orchestrate hooks from",
+            (_, false) => "no orchestrate hooks to remove in",
+        };
+        output::line(format!("{what} {}", path.display()))?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,427 @@
+//! Claude Code hooks: `orchestrate hook <event>` reads the hook's JSON from
+//! stdin and answers in Claude Code's hook output format, so interactive
+//! sessions pull work from the queue (`spec/PROTOCOL.md` section 14; Claude
+//! Code hooks reference, <https://docs.claude.com/en/docs/claude-code/hooks>).
+//!
+//! - `session-start`: registers the agent, heartbeats what it holds, and
+//!   returns `hookSpecificOutput.additionalContext` with the goal, the held
+//!   task and the commands to report.
+//! - `user-prompt-submit`: heartbeats held tasks; reminds Claude of them.
+//! - `stop`: a held task not yet reported blocks the stop (`decision:
+//!   "block"`) with the commands to finish it; with none held, the next ready
+//!   task is claimed and handed over as the reason to go on; with nothing
+//!   ready, Claude may stop. Blocks without progress are bounded.
+//! - `subagent-stop`: heartbeats only; subagents never take tasks.
+//! - `session-end`: releases what the session holds (no attempt spent) and
+//!   marks the agent gone.
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::protocol::{ClaimOutcome, ClaimRequest, Coordination};
+use crate::registry::AgentStatus;
+use crate::task::{self, Task};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Largest hook input accepted on stdin, in bytes (1 MiB).
+pub const MAX_INPUT_BYTES: usize = 1 << 20;
+/// Default lease for tasks claimed by a hook, in milliseconds (30 min):
+/// interactive sessions heartbeat only when a hook runs.
+pub const DEFAULT_HOOK_LEASE_MS: u64 = 30 * 60 * 1000;
+/// Default bound on Stop-hook blocks in a row without progress.
+pub const DEFAULT_MAX_BLOCKS: u32 = 3;
+
+/// The Claude Code hook events we answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookEvent {
+    /// `SessionStart`.
+    SessionStart,
+    /// `UserPromptSubmit`.
+    UserPromptSubmit,
+    /// `Stop`.
+    Stop,
+    /// `SubagentStop`.
+    SubagentStop,
+    /// `SessionEnd`.
+    SessionEnd,
+}
+
+impl HookEvent {
+    /// All events, in settings order.
+    pub const ALL: [HookEvent; 5] = [
+        HookEvent::SessionStart,
+        HookEvent::UserPromptSubmit,
+        HookEvent::Stop,
+        HookEvent::SubagentStop,
+        HookEvent::SessionEnd,
+    ];
+
+    /// The CLI name (`session-start`, ...).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            HookEvent::SessionStart => "session-start",
+            HookEvent::UserPromptSubmit => "user-prompt-submit",
+            HookEvent::Stop => "stop",
+            HookEvent::SubagentStop => "subagent-stop",
+            HookEvent::SessionEnd => "session-end",
+        }
+    }
+
+    /// Claude Code's name (`SessionStart`, ...).
+    pub fn claude_name(self) -> &'static str {
+        match self {
+            HookEvent::SessionStart => "SessionStart",
+            HookEvent::UserPromptSubmit => "UserPromptSubmit",
+            HookEvent::Stop => "Stop",
+            HookEvent::SubagentStop => "SubagentStop",
+            HookEvent::SessionEnd => "SessionEnd",
+        }
+    }
+
+    /// Parses a CLI name.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] listing the events.
+    pub fn parse(s: &str) -> Result<Self> {
+        HookEvent::ALL
+            .into_iter()
+            .find(|e| e.cli_name() == s || e.claude_name() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown hook event `{s}`: use session-start, user-prompt-submit, stop, subagent-stop or session-end"
+                ))
+            })
+    }
+}
+
+/// The fields of the hook input we use; the rest is ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HookInput {
+    /// Claude Code's session id; the agent id unless overridden.
+    pub session_id: String,
+    /// Path of the session transcript.
+    pub transcript_path: Option<String>,
+    /// Claude Code's working directory.
+    pub cwd: Option<String>,
+    /// `SessionStart`, `Stop`, ...
+    pub hook_event_name: Option<String>,
+    /// SessionStart: `startup`, `resume`, `clear` or `compact`.
+    pub source: Option<String>,
+    /// Stop/SubagentStop: true when Claude is already continuing because of
+    /// a Stop hook.
+    pub stop_hook_active: bool,
+}
+
+/// Parses the hook's stdin.
+///
+/// # Errors
+/// [`Error::Invalid`] for empty, oversized, non-JSON or non-object input, or
+/// a missing `session_id`.
+pub fn parse_input(bytes: &[u8]) -> Result<HookInput> {
+    if bytes.len() > MAX_INPUT_BYTES {
+        return Err(Error::Invalid(format!(
+            "hook input is over {MAX_INPUT_BYTES} bytes"
+        )));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Invalid(
+            "no hook input on stdin (Claude Code passes a JSON object; run this from a hook)"
+                .into(),
+        ));
+    }
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Invalid(format!("hook input is not JSON: {e}")))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| Error::Invalid("hook input is not a JSON object".into()))?;
+    let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    let session_id = s("session_id")
+        .filter(|x| !x.is_empty())
+        .ok_or_else(|| Error::Invalid("hook input has no `session_id`".into()))?;
+    Ok(HookInput {
+        session_id,
+        transcript_path: s("transcript_path"),
+        cwd: s("cwd"),
+        hook_event_name: s("hook_event_name"),
+        source: s("source"),
+        stop_hook_active: o
+            .get("stop_hook_active")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// Finds `.coordination/`: `explicit`, else `$COORDINATION_DIR`, else the
+/// first `.coordination/config.json` walking up from `cwd`, as git finds
+/// `.git`.
+pub fn find_dir(explicit: Option<&Path>, cwd: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("COORDINATION_DIR").filter(|s| !s.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let start = cwd
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_dir().ok())?;
+    start
+        .ancestors()
+        .map(|d| d.join(crate::layout::DEFAULT_DIR))
+        .find(|d| d.join("config.json").is_file())
+}
+
+/// Agent id a session acts as: `override_id` (from `--agent` or
+/// `$ORCHESTRATE_AGENT_ID`) or the session id.
+///
+/// # Errors
+/// [`Error::Invalid`] when the id breaks the id rules.
+pub fn agent_id(input: &HookInput, override_id: Option<&str>) -> Result<String> {
+    let id = override_id
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&input.session_id)
+        .to_string();
+    task::validate_name("agent id", &id)?;
+    Ok(id)
+}
+
+/// Options of `orchestrate hook`.
+#[derive(Debug, Clone)]
+pub struct HookOptions {
+    /// Agent id to act as.
+    pub agent: String,
+    /// Lease for tasks the hook claims and heartbeats, in milliseconds.
+    pub lease_ms: u64,
+    /// Bound on Stop-hook blocks in a row without progress.
+    pub max_blocks: u32,
+}
+
+/// What to print: the JSON document for stdout (`None`: print nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookOutput {
+    /// Claude Code hook output, or nothing.
+    pub stdout: Option<Value>,
+}
+
+fn commands(t: &Task) -> String {
+    format!(
+        "- when done: `orchestrate complete {id} --token {tok} --result \"<one-paragraph summary>\"`\n\
+- if you cannot do it: `orchestrate fail {id} --token {tok} --error \"<why>\"`\n\
+- to hand it back untouched: `orchestrate release {id} --token {tok}`\n\
+- during long work (keeps your lease): `orchestrate heartbeat {id} --token {tok}`\n\
+- to add follow-up work: `orchestrate create-task \"<description>\" -p <1-10> [-d {id}]`",
+        id = t.id,
+        tok = t.fencing_token
+    )
+}
+
+fn describe(t: &Task) -> String {
+    let mut s = format!(
+        "Task `{}` (fencing token {}, attempt {}/{}, priority {}): {}",
+        t.id, t.fencing_token, t.attempts, t.max_attempts, t.priority, t.description
+    );
+    if !t.context.files.is_empty() {
+        s += &format!("\nRelevant files: {}", t.context.files.join(", "));
+    }
+    if let Some(h) = &t.context.hints {
+        s += &format!("\nHints: {h}");
+    }
+    s
+}
+
+fn additional_context(event: HookEvent, text: String) -> Value {
+    json!({
+        "hookSpecificOutput": {
+            "hookEventName": event.claude_name(),
+            "additionalContext": text,
+        }
+    })
+}
+
+fn heartbeat_all(c: &Coordination, held: &[Task], lease_ms: u64) -> Vec<Task> {
+    held.iter()
+        .map(
+            |t| match c.heartbeat(t.id.as_str(), t.fencing_token, Some(lease_ms)) {
+                Ok(t2) => t2,
+                Err(e) => {
+                    tracing::warn!(task_id = %t.id, error = %e, "heartbeat from hook failed");
+                    t.clone()
+                }
+            },
+        )
+        .collect()
+}
+
+/// Handles one hook event for `input` (`spec` section 14).
+///
+/// # Errors
+/// Protocol errors (lock timeout, I/O, bad data). The caller turns them into
+/// a one-line message and a non-blocking exit.
+pub fn handle(
+    c: &Coordination,
+    event: HookEvent,
+    input: &HookInput,
+    o: &HookOptions,
+) -> Result<HookOutput> {
+    let kind = "claude-code";
+    match event {
+        HookEvent::SessionStart => {
+            c.update_agent(&o.agent, kind, |r| {
+                r.status = AgentStatus::Active;
+                r.cwd = input.cwd.clone().or(r.cwd.take());
+                r.transcript_path = input.transcript_path.clone().or(r.transcript_path.take());
+                r.consecutive_blocks = 0;
+                r.last_block = None;
+            })?;
+            let held = heartbeat_all(c, &c.held_by(&o.agent)?, o.lease_ms);
+            let goal = &c.config().goal;
+            let mut text = format!(
+                "This session is agent `{}` of a shared task queue coordinated by `orchestrate` (directory {}).",
+                o.agent,
+                c.layout().root().display()
+            );
+            if !goal.is_empty() {
+                text += &format!(" The shared goal: {goal}");
+            }
+            if held.is_empty() {
+                text += "\nYou hold no task now. When you finish what the user asks, the Stop hook hands you the next ready task from the queue; you can also take one yourself with `orchestrate claim --agent ";
+                text += &o.agent;
+                text += " --json`.";
+            } else {
+                for t in &held {
+                    text += &format!(
+                        "\nYou hold this task:\n{}\nCommands:\n{}",
+                        describe(t),
+                        commands(t)
+                    );
+                }
+            }
+            text += "\nReport every task you take with `orchestrate complete` or `orchestrate fail`, always with its --token.";
+            Ok(HookOutput {
+                stdout: Some(additional_context(event, text)),
+            })
+        }
+        HookEvent::UserPromptSubmit => {
+            let held = heartbeat_all(c, &c.held_by(&o.agent)?, o.lease_ms);
+            if held.is_empty() {
+                return Ok(HookOutput { stdout: None });
+            }
+            let text = held
+                .iter()
+                .map(|t| {
+                    format!(
+                        "Reminder: you hold {} Report it with the commands:\n{}",
+                        describe(t),
+                        commands(t)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok(HookOutput {
+                stdout: Some(additional_context(event, text)),
+            })
+        }
+        HookEvent::SubagentStop => {
+            heartbeat_all(c, &c.held_by(&o.agent)?, o.lease_ms);
+            Ok(HookOutput { stdout: None })
+        }
+        HookEvent::SessionEnd => {
+            for t in c.held_by(&o.agent)? {
+                if let Err(e) = c.release(t.id.as_str(), t.fencing_token) {
+                    tracing::warn!(task_id = %t.id, error = %e, "could not release on session end; its lease will expire");
+                }
+            }
+            c.update_agent(&o.agent, kind, |r| {
+                r.status = AgentStatus::Gone;
+                r.consecutive_blocks = 0;
+                r.last_block = None;
+            })?;
+            Ok(HookOutput { stdout: None })
+        }
+        HookEvent::Stop => stop(c, input, o),
+    }
+}
+
+fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutput> {
+    let kind = "claude-code";
+    let held = heartbeat_all(c, &c.held_by(&o.agent)?, o.lease_ms);
+    let record = c.agent(&o.agent)?;
+    if let Some(t) = held.first() {
+        // Still holding: ask Claude to finish and report, a bounded number
+        // of times without progress.
+        let key = format!("{}:{}", t.id, t.fencing_token);
+        let previous = record
+            .as_ref()
+            .map(|r| (r.consecutive_blocks, r.last_block.clone()));
+        let blocks = match previous {
+            Some((n, Some(k))) if k == key && input.stop_hook_active => n + 1,
+            _ => 1,
+        };
+        if blocks > o.max_blocks {
+            c.update_agent(&o.agent, kind, |r| {
+                r.consecutive_blocks = 0;
+                r.last_block = None;
+            })?;
+            tracing::warn!(task_id = %t.id, "stop allowed after {} blocks without progress; the task stays held until its lease expires or the session ends", o.max_blocks);
+            return Ok(HookOutput {
+                stdout: Some(json!({
+                    "systemMessage": format!(
+                        "orchestrate: task {} is still held by this session; it will be released when the session ends or taken back when its lease expires at {}",
+                        t.id,
+                        t.lease_expires_at.map(|x| clock::format(&x)).unwrap_or_default()
+                    )
+                })),
+            });
+        }
+        c.update_agent(&o.agent, kind, |r| {
+            r.consecutive_blocks = blocks;
+            r.last_block = Some(key.clone());
+        })?;
+        return Ok(HookOutput {
+            stdout: Some(json!({
+                "decision": "block",
+                "reason": format!(
+                    "You still hold a task from the shared queue that is not reported yet.\n{}\nFinish it, then run exactly one of:\n{}",
+                    describe(t),
+                    commands(t)
+                ),
+            })),
+        });
+    }
+    // Holding nothing: hand over the next ready task.
+    let req = ClaimRequest {
+        agent: o.agent.clone(),
+        task_id: None,
+        tags: Vec::new(),
+        lease_ms: Some(o.lease_ms),
+    };
+    match c.claim(&req)? {
+        ClaimOutcome::Claimed(t) => {
+            let key = format!("{}:{}", t.id, t.fencing_token);
+            c.update_agent(&o.agent, kind, |r| {
+                r.status = AgentStatus::Active;
+                r.consecutive_blocks = 1;
+                r.last_block = Some(key);
+            })?;
+            Ok(HookOutput {
+                stdout: Some(json!({
+                    "decision": "block",
+                    "reason": format!(
+                        "Next task from the shared queue (claimed for you as agent `{}`):\n{}\nDo it now. Then run exactly one of:\n{}",
+                        o.agent,
+                        describe(&t),
+                        commands(&t)
+                    ),
+                })),
+            })
+        }
+        ClaimOutcome::NothingReady(_) => {
+            if record.is_some_and(|r| r.consecutive_blocks != 0 || r.last_block.is_some()) {
+                c.update_agent(&o.agent, kind, |r| {
+                    r.consecutive_blocks = 0;
+                    r.last_block = None;
+                })?;
+            }
+            Ok(HookOutput { stdout: None })
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Merging our hook entries into Claude Code settings files
+//! (`.claude/settings.json`, `.claude/settings.local.json`,
+//! `~/.claude/settings.json`), keeping every other key and hook
+//! (`spec/PROTOCOL.md` section 14.4; Claude Code settings and hooks
+//! reference, <https://docs.claude.com/en/docs/claude-code/hooks>).
+
+use crate::error::{Error, Result};
+use crate::hook::HookEvent;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+/// Which settings file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `<project>/.claude/settings.json`, shared through the repository.
+    Project,
+    /// `<project>/.claude/settings.local.json`, this checkout only.
+    Local,
+    /// `~/.claude/settings.json`, every project of this user.
+    User,
+}
+
+/// The settings file for `scope`; `project` is the project root and `home`
+/// the user's home directory.
+pub fn settings_path(scope: Scope, project: &Path, home: Option<&Path>) -> Result<PathBuf> {
+    Ok(match scope {
+        Scope::Project => project.join(".claude").join("settings.json"),
+        Scope::Local => project.join(".claude").join("settings.local.json"),
+        Scope::User => home
+            .ok_or_else(|| {
+                Error::Invalid("no home directory ($HOME is not set) for --scope user".into())
+            })?
+            .join(".claude")
+            .join("settings.json"),
+    })
+}
+
+/// Timeout written for each hook, in seconds (Claude Code's default is 60).
+pub const HOOK_TIMEOUT_S: u64 = 30;
+
+/// The command Claude Code runs for `event`, with `program` as the
+/// `orchestrate` executable.
+pub fn hook_command(program: &str, event: HookEvent) -> String {
+    format!("{program} hook {}", event.cli_name())
+}
+
+/// True for hook commands that this tool wrote (any program path ending in
+/// `orchestrate`, then ` hook <event>`).
+pub fn is_ours(command: &str) -> bool {
+    let mut words = command.split_whitespace();
+    let prog = words.next().unwrap_or("");
+    let is_orch = prog == "orchestrate" || prog.ends_with("/orchestrate");
+    is_orch
+        && words.next() == Some("hook")
+        && words.next().is_some_and(|e| HookEvent::parse(e).is_ok())
+}
+
+/// Parses an existing settings file's text (empty or absent: `{}`).
+///
+/// # Errors
+/// [`Error::Corrupt`] when it is not a JSON object or its `hooks` is not an
+/// object of arrays; the file must then be left alone.
+pub fn parse(path: &Path, text: Option<&str>) -> Result<Map<String, Value>> {
+    let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+        return Ok(Map::new());
+    };
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        Error::corrupt(
+            path,
+            format!("not valid JSON ({e}); fix or move it, nothing was changed"),
+        )
+    })?;
+    let Value::Object(o) = v else {
+        return Err(Error::corrupt(
+            path,
+            "is not a JSON object; nothing was changed",
+        ));
+    };
+    if let Some(h) = o.get("hooks") {
+        let ok = h
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_array));
+        if !ok {
+            return Err(Error::corrupt(
+                path,
+                "`hooks` is not an object of arrays; nothing was changed",
+            ));
+        }
+    }
+    Ok(o)
+}
+
+/// Adds our entries for every event unless an identical command is there.
+/// Other keys and hooks are kept in place. Returns true when it changed.
+pub fn install(settings: &mut Map<String, Value>, program: &str) -> bool {
+    let hooks = settings
+        .entry("hooks")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(hooks) = hooks.as_object_mut() else {
+        return false;
+    };
+    let mut changed = false;
+    for event in HookEvent::ALL {
+        let cmd = hook_command(program, event);
+        let groups = hooks
+            .entry(event.claude_name())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let Some(groups) = groups.as_array_mut() else {
+            continue;
+        };
+        let present = groups.iter().any(|g| {
+            g.get("hooks").and_then(Value::as_array).is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| h.get("command").and_then(Value::as_str) == Some(&cmd))
+            })
+        });
+        if !present {
+            groups.push(json!({
+                "hooks": [{ "type": "command", "command": cmd, "timeout": HOOK_TIMEOUT_S }]
+            }));
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Removes every hook entry of ours, and groups and events left empty by
+/// that. Returns true when it changed.
+pub fn uninstall(settings: &mut Map<String, Value>) -> bool {
+    let Some(hooks) = settings.get_mut("hooks").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let mut changed = false;
+    let events: Vec<String> = hooks.keys().cloned().collect();
+    for ev in events {
+        let Some(groups) = hooks.get_mut(&ev).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for g in groups.iter_mut() {
+            if let Some(hs) = g.get_mut("hooks").and_then(Value::as_array_mut) {
+                let before = hs.len();
+                hs.retain(|h| {
+                    !h.get("command")
+                        .and_then(Value::as_str)
+                        .is_some_and(is_ours)
+                });
+                if hs.len() != before {
+                    changed = true;
+                }
+            }
+        }
+        let before = groups.len();
+        groups.retain(|g| {
+            !g.get("hooks")
+                .and_then(Value::as_array)
+                .is_some_and(|hs| hs.is_empty())
+        });
+        changed |= groups.len() != before;
+        if groups.is_empty() && changed {
+            hooks.remove(&ev);
+        }
+    }
+    if hooks.is_empty() && changed {
+        settings.remove("hooks");
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_our_commands() {
+        assert!(is_ours("orchestrate hook stop"));
+        assert!(is_ours("/usr/local/bin/orchestrate hook session-start"));
+        assert!(!is_ours("orchestrate-other hook stop"));
+        assert!(!is_ours("orchestrate hook nonsense"));
+        assert!(!is_ours("./lint.sh"));
+    }
+}

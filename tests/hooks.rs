@@ -1,0 +1,476 @@
+//! `orchestrate hook <event>` and `orchestrate hooks install|uninstall|show`
+//! with recorded Claude Code hook inputs from `fixtures/hooks/`.
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orchestrate")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/hooks")
+        .join(name)
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Self {
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        p.cmd()
+            .args(["init", "Ship the auth feature"])
+            .assert()
+            .success();
+        p
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(self.root())
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_AGENT_ID")
+            .timeout(Duration::from_secs(30));
+        c
+    }
+    /// A recorded hook input with `cwd` pointing into this project and the
+    /// session id replaced.
+    fn input(&self, name: &str, session: &str) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&std::fs::read(fixture(name)).unwrap()).unwrap();
+        let sub = self.root().join("src");
+        std::fs::create_dir_all(&sub).unwrap();
+        v["cwd"] = json!(sub);
+        v["session_id"] = json!(session);
+        serde_json::to_vec(&v).unwrap()
+    }
+    /// Runs a hook from a directory outside the project, so that the
+    /// coordination directory is found only through the input's `cwd`.
+    fn hook(&self, event: &str, fixture_name: &str, session: &str) -> (i32, Option<Value>, String) {
+        let out = Command::new(bin())
+            .current_dir("/")
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_AGENT_ID")
+            .args(["hook", event])
+            .write_stdin(self.input(fixture_name, session))
+            .timeout(Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let v = if stdout.trim().is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&stdout)
+                    .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}")),
+            )
+        };
+        (
+            out.status.code().unwrap_or(-1),
+            v,
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+    fn task(&self, id: &str) -> Value {
+        serde_json::from_slice(
+            &std::fs::read(
+                self.root()
+                    .join(".coordination/tasks")
+                    .join(format!("{id}.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    }
+    fn create(&self, id: &str, deps: &[&str]) {
+        let mut c = self.cmd();
+        c.args(["create-task", &format!("do {id}"), "--id", id]);
+        for d in deps {
+            c.args(["-d", d]);
+        }
+        c.assert().success();
+    }
+    fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        let mut v = Vec::new();
+        for sub in ["tasks", "agents"] {
+            if let Ok(rd) = std::fs::read_dir(self.root().join(".coordination").join(sub)) {
+                for e in rd.flatten() {
+                    v.push((
+                        format!("{sub}/{}", e.file_name().to_string_lossy()),
+                        std::fs::read(e.path()).unwrap(),
+                    ));
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn session_start_gives_context_and_registers_the_agent() {
+    let p = Project::new();
+    let (code, out, _) = p.hook("session-start", "session-start.json", "sess-a");
+    assert_eq!(code, 0);
+    let out = out.unwrap();
+    assert_eq!(out["hookSpecificOutput"]["hookEventName"], "SessionStart");
+    let ctx = out["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(ctx.contains("Ship the auth feature"), "{ctx}");
+    assert!(ctx.contains("agent `sess-a`"), "{ctx}");
+    let rec: Value = serde_json::from_slice(
+        &std::fs::read(p.root().join(".coordination/agents/sess-a.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["status"], "active");
+    assert_eq!(rec["kind"], "claude-code");
+}
+
+#[test]
+fn stop_claims_the_next_task_then_insists_on_a_report_then_lets_go() {
+    let p = Project::new();
+    p.create("one", &[]);
+    // Holding nothing: the stop hook claims and hands over the task.
+    let (code, out, _) = p.hook("stop", "stop.json", "sess-a");
+    assert_eq!(code, 0);
+    let out = out.unwrap();
+    assert_eq!(out["decision"], "block");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("orchestrate complete one --token 1"),
+        "{reason}"
+    );
+    let t = p.task("one");
+    assert_eq!(t["status"], "claimed");
+    assert_eq!(t["claimed_by"], "sess-a");
+    // Holding it unreported: blocked again, a bounded number of times.
+    let mut blocks = 0;
+    loop {
+        let (code, out, _) = p.hook("stop", "stop-active.json", "sess-a");
+        assert_eq!(code, 0);
+        match out {
+            Some(v) if v["decision"] == "block" => {
+                assert!(v["reason"].as_str().unwrap().contains("still hold"));
+                blocks += 1;
+                assert!(blocks < 10, "the stop hook must not block forever");
+            }
+            other => {
+                // Let go: no decision, the task stays held (its lease runs).
+                assert!(other.is_none_or(|v| v.get("decision").is_none()));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        blocks, 2,
+        "first block counted at claim, then two more up to the bound of 3"
+    );
+    assert_eq!(p.task("one")["status"], "claimed");
+}
+
+#[test]
+fn user_prompt_submit_reminds_and_heartbeats_held_task() {
+    let p = Project::new();
+    p.create("one", &[]);
+    p.hook("stop", "stop.json", "sess-a");
+    let before = p.task("one")["lease_expires_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    let (code, out, _) = p.hook("user-prompt-submit", "user-prompt-submit.json", "sess-a");
+    assert_eq!(code, 0);
+    let out = out.unwrap();
+    assert_eq!(
+        out["hookSpecificOutput"]["hookEventName"],
+        "UserPromptSubmit"
+    );
+    assert!(out["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap()
+        .contains("`one`"));
+    let after = p.task("one")["lease_expires_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        after > before,
+        "heartbeat must extend the lease: {before} -> {after}"
+    );
+    // Another session has nothing to be reminded of.
+    let (code, out, _) = p.hook("user-prompt-submit", "user-prompt-submit.json", "sess-b");
+    assert_eq!(code, 0);
+    assert!(out.is_none());
+}
+
+#[test]
+fn subagent_stop_never_takes_tasks() {
+    let p = Project::new();
+    p.create("one", &[]);
+    let (code, out, _) = p.hook("subagent-stop", "subagent-stop.json", "sess-a");
+    assert_eq!(code, 0);
+    assert!(out.is_none());
+    assert_eq!(p.task("one")["status"], "pending");
+}
+
+#[test]
+fn session_end_releases_without_spending_an_attempt() {
+    let p = Project::new();
+    p.create("one", &[]);
+    p.hook("stop", "stop.json", "sess-a");
+    assert_eq!(p.task("one")["attempts"], 1);
+    let (code, out, _) = p.hook("session-end", "session-end.json", "sess-a");
+    assert_eq!(code, 0);
+    assert!(out.is_none());
+    let t = p.task("one");
+    assert_eq!(t["status"], "pending");
+    assert_eq!(t["attempts"], 0);
+    let rec: Value = serde_json::from_slice(
+        &std::fs::read(p.root().join(".coordination/agents/sess-a.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["status"], "gone");
+}
+
+#[test]
+fn two_sessions_share_a_dag_and_complete_every_task_exactly_once() {
+    let p = Project::new();
+    p.create("a", &[]);
+    p.create("b", &[]);
+    p.create("c", &["a", "b"]);
+    p.create("d", &["c"]);
+    let sessions = ["sess-1", "sess-2"];
+    for s in sessions {
+        assert_eq!(p.hook("session-start", "session-start.json", s).0, 0);
+    }
+    let mut completions: Vec<(String, String)> = Vec::new();
+    // Each round, each session stops; if handed a task, it "does" it and
+    // completes it with the token from the hook's reason.
+    for _round in 0..10 {
+        for s in sessions {
+            let (code, out, _) = p.hook("stop", "stop.json", s);
+            assert_eq!(code, 0);
+            if let Some(v) = out.filter(|v| v["decision"] == "block") {
+                let reason = v["reason"].as_str().unwrap();
+                let line = reason
+                    .lines()
+                    .find(|l| l.contains("orchestrate complete"))
+                    .unwrap();
+                let words: Vec<&str> = line.split('`').nth(1).unwrap().split_whitespace().collect();
+                let (id, token) = (words[2], words[4]);
+                p.cmd()
+                    .args([
+                        "complete",
+                        id,
+                        "--token",
+                        token,
+                        "--result",
+                        &format!("done by {s}"),
+                    ])
+                    .assert()
+                    .success();
+                completions.push((id.to_string(), s.to_string()));
+            }
+        }
+    }
+    for s in sessions {
+        assert_eq!(p.hook("session-end", "session-end.json", s).0, 0);
+    }
+    let mut ids: Vec<&str> = completions.iter().map(|(i, _)| i.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a", "b", "c", "d"], "{completions:?}");
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(p.task(id)["status"], "completed");
+    }
+    // Both sessions took part (a and b are ready together).
+    assert!(
+        completions.iter().any(|(_, s)| s == "sess-1")
+            && completions.iter().any(|(_, s)| s == "sess-2")
+    );
+}
+
+#[test]
+fn broken_input_does_not_break_the_session_and_changes_nothing() {
+    let p = Project::new();
+    p.create("one", &[]);
+    let before = p.snapshot();
+    for input in [
+        &b""[..],
+        b"not json",
+        b"[1,2]",
+        b"{\"cwd\": \"/tmp\"}",
+        b"{\"session_id\": \"../etc\", \"cwd\": \"/\"}",
+    ] {
+        let out = Command::new(bin())
+            .current_dir(p.root())
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_AGENT_ID")
+            .args(["hook", "stop"])
+            .write_stdin(input)
+            .timeout(Duration::from_secs(30))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line on stderr: {err}");
+    }
+    // No .coordination/ anywhere above cwd.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(fixture("stop.json")).unwrap()).unwrap();
+    v["cwd"] = json!(elsewhere.path());
+    let out = Command::new(bin())
+        .current_dir(elsewhere.path())
+        .env_remove("COORDINATION_DIR")
+        .args(["hook", "stop"])
+        .write_stdin(serde_json::to_vec(&v).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no .coordination/ found"));
+    assert_eq!(p.snapshot(), before, "nothing on disk may change");
+}
+
+#[test]
+fn lock_held_elsewhere_gives_a_non_blocking_exit_within_the_deadline() {
+    let p = Project::new();
+    p.create("one", &[]);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p.root().join(".coordination/lock"))
+        .unwrap();
+    // This test process holds the lock; the hook is another process, so the
+    // flock conflict is real.
+    lock.lock().unwrap();
+    let start = std::time::Instant::now();
+    let out = Command::new(bin())
+        .current_dir("/")
+        .env_remove("COORDINATION_DIR")
+        .args(["--lock-timeout", "300ms", "hook", "stop"])
+        .write_stdin(p.input("stop.json", "sess-a"))
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+    lock.unlock().unwrap();
+    assert_eq!(p.task("one")["status"], "pending");
+}
+
+fn settings_file(root: &Path) -> PathBuf {
+    root.join(".claude/settings.json")
+}
+
+#[test]
+fn install_merges_keeps_other_hooks_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".claude")).unwrap();
+    std::fs::copy(
+        fixture("settings/with-other-hooks.json"),
+        settings_file(dir.path()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .current_dir(dir.path())
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .clone()
+    };
+    run(&["hooks", "install"]);
+    let first = std::fs::read(settings_file(dir.path())).unwrap();
+    let v: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(v["model"], "sonnet");
+    assert_eq!(v["env"]["FOO"], "bar");
+    assert_eq!(v["permissions"]["deny"][0], "Read(./.env)");
+    assert_eq!(v["hooks"]["PostToolUse"][0]["matcher"], "Edit|Write");
+    let stop = v["hooks"]["Stop"].as_array().unwrap();
+    assert_eq!(stop.len(), 2);
+    assert_eq!(stop[0]["hooks"][0]["command"], "./scripts/notify-done.sh");
+    assert_eq!(stop[1]["hooks"][0]["command"], "orchestrate hook stop");
+    for ev in [
+        "SessionStart",
+        "UserPromptSubmit",
+        "SubagentStop",
+        "SessionEnd",
+    ] {
+        assert!(
+            v["hooks"][ev][0]["hooks"][0]["command"]
+                .as_str()
+                .unwrap()
+                .starts_with("orchestrate hook "),
+            "{ev}"
+        );
+    }
+    // Twice: byte for byte the same.
+    run(&["hooks", "install"]);
+    assert_eq!(std::fs::read(settings_file(dir.path())).unwrap(), first);
+    // show prints what would be written and writes nothing.
+    let out = run(&["hooks", "show", "--scope", "local"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(shown["hooks"]["Stop"].is_array());
+    assert!(!dir.path().join(".claude/settings.local.json").exists());
+    // uninstall removes only ours.
+    run(&["hooks", "uninstall"]);
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(settings_file(dir.path())).unwrap()).unwrap();
+    let original: Value =
+        serde_json::from_slice(&std::fs::read(fixture("settings/with-other-hooks.json")).unwrap())
+            .unwrap();
+    assert_eq!(v, original);
+}
+
+#[test]
+fn install_refuses_a_malformed_settings_file_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".claude")).unwrap();
+    std::fs::copy(
+        fixture("settings/malformed.json"),
+        settings_file(dir.path()),
+    )
+    .unwrap();
+    let before = std::fs::read(settings_file(dir.path())).unwrap();
+    let out = Command::new(bin())
+        .current_dir(dir.path())
+        .args(["hooks", "install"])
+        .assert()
+        .code(65)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+    assert_eq!(std::fs::read(settings_file(dir.path())).unwrap(), before);
+}
+
+#[test]
+fn install_into_a_project_without_settings_creates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(bin())
+        .current_dir(dir.path())
+        .args(["hooks", "install", "--scope", "local"])
+        .assert()
+        .success();
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(".claude/settings.local.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["hooks"].as_object().unwrap().len(), 5);
+}

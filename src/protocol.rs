@@ -313,6 +313,69 @@ impl Coordination {
         self.mutate(|tx| tx.claim(req, named.as_ref()))
     }
 
+    /// Like [`Coordination::claim`], but when nothing is ready, sleeps until
+    /// something may have changed (a task file changed, the earliest
+    /// `not_before` or lease expiry passed) and tries again, for at most
+    /// `timeout` (`None`: forever). `poll` forces the polling watcher.
+    /// (`spec` section 6.5.)
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when `timeout` passes with nothing claimed; the
+    /// errors of [`Coordination::claim`] otherwise (for a named task, a
+    /// pending one that is not ready yet is waited for).
+    pub fn claim_wait(
+        &self,
+        req: &ClaimRequest,
+        timeout: Option<Duration>,
+        poll: Option<Duration>,
+    ) -> Result<ClaimOutcome> {
+        let start = std::time::Instant::now();
+        // Watch before the first attempt so that no change is missed.
+        let watcher =
+            crate::watch::ChangeWatcher::new(&crate::watch::claim_dirs(self.layout.root()), poll)?;
+        loop {
+            let next = match self.claim(req) {
+                Ok(ClaimOutcome::Claimed(t)) => return Ok(ClaimOutcome::Claimed(t)),
+                Ok(ClaimOutcome::NothingReady(nr)) => nr.next_ready_at,
+                Err(Error::WrongState { ref status, .. })
+                    if req.task_id.is_some() && status == "pending" =>
+                {
+                    self.get(req.task_id.as_deref().unwrap_or_default())?
+                        .not_before
+                }
+                Err(e) => return Err(e),
+            };
+            let mut wait = Duration::from_secs(3600);
+            if let Some(t) = timeout {
+                let left = t.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return Err(Error::Timeout(format!(
+                        "no task became ready within {} ms",
+                        t.as_millis()
+                    )));
+                }
+                wait = wait.min(left);
+            }
+            let now = self.now();
+            let mut wake_at: Option<Timestamp> = next;
+            if let Some((ms, _, _)) = self.index.leases()?.into_iter().min() {
+                if let Some(exp) = chrono::DateTime::from_timestamp_millis(ms) {
+                    wake_at = Some(wake_at.map_or(exp, |w| w.min(exp)));
+                }
+            }
+            if let Some(w) = wake_at {
+                // Something due in the past was not cleared (an unreadable
+                // task file): look again, but not in a tight loop.
+                let ms = match clock::ms_between(now, w) {
+                    ms if ms <= 0 => 100,
+                    ms => ms as u64,
+                };
+                wait = wait.min(Duration::from_millis(ms));
+            }
+            watcher.wait(wait);
+        }
+    }
+
     /// Extends the lease of a held task to now + `lease_ms` (the config's when
     /// `None`) (`spec` 6.2).
     ///

@@ -120,6 +120,9 @@ pub struct WorkerOptions {
     pub idle_poll_ms: u64,
     /// Correlation id passed to agent processes.
     pub correlation_id: Option<String>,
+    /// Sleep on file-system change notifications while idle (for a worker
+    /// alone in its process, `work`); otherwise on in-process wake-ups.
+    pub watch_files: bool,
 }
 
 /// What a worker loop did.
@@ -171,6 +174,14 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
         lease_ms: None,
     };
     let mut lock_timeouts = 0;
+    let watcher = if o.watch_files {
+        Some(crate::watch::ChangeWatcher::new(
+            &crate::watch::claim_dirs(s.c.layout().root()),
+            None,
+        )?)
+    } else {
+        None
+    };
     loop {
         if interrupted() || s.done.load(Ordering::SeqCst) {
             return Ok(summary);
@@ -197,7 +208,12 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
                     let ms = clock::ms_between(s.c.now(), nb).max(1) as u64;
                     wait = wait.min(Duration::from_millis(ms));
                 }
-                s.wake.wait(seen, wait);
+                match &watcher {
+                    Some(w) => {
+                        w.wait(wait);
+                    }
+                    None => s.wake.wait(seen, wait),
+                }
             }
             Err(Error::LockTimeout { .. }) if lock_timeouts < 5 => {
                 lock_timeouts += 1;
@@ -215,7 +231,13 @@ fn run_attempt(
     summary: &mut WorkerSummary,
 ) -> Result<()> {
     let c = s.c;
-    let span = tracing::info_span!("attempt", task_id = %t.id, agent_id = %o.agent_id, attempt = t.attempts);
+    let span = tracing::info_span!(
+        "attempt",
+        task_id = %t.id,
+        agent_id = %o.agent_id,
+        attempt = t.attempts,
+        correlation_id = o.correlation_id.as_deref().unwrap_or("")
+    );
     let _e = span.enter();
     (s.progress)(Progress::Started {
         task_id: t.id.clone(),
@@ -601,6 +623,7 @@ pub fn run(
                 until_empty: false,
                 idle_poll_ms: o.idle_poll_ms,
                 correlation_id: Some(o.run_tag.clone()),
+                watch_files: false,
             };
             let shared = &shared;
             let worker_error = &worker_error;

@@ -4,6 +4,7 @@
 mod exit;
 mod hooks;
 mod logging;
+mod observe;
 mod output;
 mod run;
 mod tasks;
@@ -97,6 +98,14 @@ pub enum Command {
     Hook(hooks::HookArgs),
     /// Install, remove or show our hooks in Claude Code settings
     Hooks(hooks::HooksArgs),
+    /// Print the event log (events.jsonl), optionally following it
+    Events(observe::EventsArgs),
+    /// Metrics in the Prometheus text format (or --json, or --textfile DIR)
+    Metrics(observe::MetricsArgs),
+    /// The task DAG as Graphviz DOT or Mermaid, coloured by state
+    Graph(observe::GraphArgs),
+    /// A live view of the queue that updates on file changes
+    Watch(observe::WatchArgs),
 }
 
 /// Entry point of the binary.
@@ -147,6 +156,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Work(a) => run::work(g, a),
         Command::Hook(a) => hooks::hook(g, a),
         Command::Hooks(a) => hooks::hooks(g, a),
+        Command::Events(a) => observe::events(g, a),
+        Command::Metrics(a) => observe::metrics(g, a),
+        Command::Graph(a) => observe::graph(g, a),
+        Command::Watch(a) => observe::watch(g, a),
     }
 }
 

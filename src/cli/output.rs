@@ -14,7 +14,6 @@ pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 /// Prints one JSON Lines record on stdout and flushes it.
-#[allow(dead_code)] // used by streaming commands
 pub fn json_line(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;

@@ -457,8 +457,9 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
         timeout: Duration::from_secs(a.timeout),
         goal: c.config().goal.clone(),
         until_empty: a.until_empty,
-        idle_poll_ms: 500,
+        idle_poll_ms: 5_000,
         correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID").ok(),
+        watch_files: true,
     };
     let printer = progress_printer(g.quiet);
     let summary = supervisor::work(&c, &opts, &printer)?;

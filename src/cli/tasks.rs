@@ -108,6 +108,12 @@ pub struct ClaimArgs {
     /// Lease length, e.g. 5m, 90s [default: lease_ms from config.json]
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub lease: Option<std::time::Duration>,
+    /// When nothing is ready, wait for a task (at most DURATION, e.g. 30s; forever without one); exit 5 on timeout
+    #[arg(long, num_args = 0..=1, value_name = "DURATION")]
+    pub wait: Option<Option<String>>,
+    /// With --wait: poll for changes every DURATION instead of file-system events (NFS)
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "wait")]
+    pub poll: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -384,7 +390,18 @@ pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
         tags: a.tags,
         lease_ms: a.lease.map(|d| d.as_millis() as u64),
     };
-    match c.claim(&req)? {
+    let outcome = match &a.wait {
+        None => c.claim(&req)?,
+        Some(d) => {
+            let timeout = d
+                .as_deref()
+                .map(humantime::parse_duration)
+                .transpose()
+                .map_err(|e| Usage(format!("--wait: {e} (use e.g. 30s, 5m)")))?;
+            c.claim_wait(&req, timeout, a.poll)?
+        }
+    };
+    match outcome {
         ClaimOutcome::Claimed(t) => {
             if g.json {
                 output::json(&claim_json(&t))?;

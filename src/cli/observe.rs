@@ -1,0 +1,384 @@
+//! `events`, `metrics`, `graph` and `watch`.
+
+use super::exit::Usage;
+use super::output;
+use super::tasks::open;
+use super::Global;
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use orchestrate::events::Event;
+use orchestrate::watch::ChangeWatcher;
+use orchestrate::{clock, graph, metrics, Coordination, Status, Timestamp};
+use serde_json::json;
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this task
+    #[arg(long = "task", value_name = "ID")]
+    pub task: Option<String>,
+    /// Only events of this agent
+    #[arg(long = "agent", value_name = "ID")]
+    pub agent: Option<String>,
+    /// Only events at or after T: an RFC 3339 time or a duration ago (10m, 2h)
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Keep printing new events as they are appended
+    #[arg(short, long)]
+    pub follow: bool,
+    /// With --follow: poll every DURATION instead of file-system events
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub poll: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Write DIR/orchestrate.prom atomically (node_exporter textfile collector) instead of stdout
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT
+    Dot,
+    /// Mermaid flowchart
+    Mermaid,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Poll every DURATION instead of file-system events (NFS, some container mounts)
+    #[arg(long, num_args = 0..=1, default_missing_value = "500ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub poll: Option<Duration>,
+    /// Recent events shown
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub events: usize,
+}
+
+fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let d = humantime::parse_duration(s).map_err(|_| {
+        Usage(format!(
+            "--since `{s}`: use an RFC 3339 time or a duration such as 10m"
+        ))
+    })?;
+    Ok(now - chrono::TimeDelta::milliseconds(d.as_millis() as i64))
+}
+
+struct Filter {
+    task: Option<String>,
+    agent: Option<String>,
+    since: Option<Timestamp>,
+}
+
+impl Filter {
+    fn keep(&self, e: &Event) -> bool {
+        if self
+            .task
+            .as_ref()
+            .is_some_and(|t| e.task_id.as_ref() != Some(t))
+        {
+            return false;
+        }
+        if self
+            .agent
+            .as_ref()
+            .is_some_and(|a| e.agent_id.as_ref() != Some(a))
+        {
+            return false;
+        }
+        if let Some(since) = self.since {
+            match chrono::DateTime::parse_from_rfc3339(&e.ts) {
+                Ok(t) if t.with_timezone(&chrono::Utc) >= since => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+fn human_event(e: &Event) -> String {
+    let mut s = format!(
+        "{} {:<15} {:<20} {:<24}",
+        e.ts,
+        e.event,
+        e.task_id.as_deref().unwrap_or("-"),
+        e.agent_id.as_deref().unwrap_or("-")
+    );
+    if let (Some(f), Some(t)) = (&e.from, &e.to) {
+        s += &format!(" {f} -> {t}");
+    } else if let Some(t) = &e.to {
+        s += &format!(" -> {t}");
+    }
+    if let Some(err) = e.detail.get("error").and_then(|v| v.as_str()) {
+        s += &format!("  error: {}", output::truncate(err, 80));
+    }
+    s
+}
+
+/// Reads complete lines appended to `path` after `offset`, advancing it.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn new(path: &Path, from_end: bool) -> Self {
+        let offset = if from_end {
+            std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+        } else {
+            0
+        };
+        Tail {
+            path: path.to_path_buf(),
+            offset,
+            partial: Vec::new(),
+        }
+    }
+
+    fn read(&mut self) -> Result<Vec<Event>> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("open {}", self.path.display())),
+        };
+        let len = f.metadata()?.len();
+        if len < self.offset {
+            // Truncated or replaced: start over.
+            self.offset = 0;
+            self.partial.clear();
+        }
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        let mut out = Vec::new();
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn events(g: &Global, a: EventsArgs) -> Result<u8> {
+    let c = open(g)?;
+    let filter = Filter {
+        task: a.task.clone(),
+        agent: a.agent.clone(),
+        since: a
+            .since
+            .as_deref()
+            .map(|s| parse_since(s, c.now()))
+            .transpose()?,
+    };
+    let watcher = if a.follow {
+        Some(ChangeWatcher::new(
+            &[c.layout().root().to_path_buf()],
+            a.poll,
+        )?)
+    } else {
+        None
+    };
+    let mut tail = Tail::new(&c.layout().events(), false);
+    loop {
+        for e in tail.read()?.into_iter().filter(|e| filter.keep(e)) {
+            if g.json {
+                output::json_line(&e)?;
+            } else {
+                output::line(human_event(&e))?;
+            }
+        }
+        match &watcher {
+            None => return Ok(0),
+            Some(w) => {
+                std::io::stdout().flush()?;
+                w.wait(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub fn metrics(g: &Global, a: MetricsArgs) -> Result<u8> {
+    let c = open(g)?;
+    let m = metrics::collect(&c)?;
+    if let Some(dir) = &a.textfile {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".orchestrate.prom.")
+            .tempfile_in(dir)
+            .with_context(|| format!("create a temp file in {}", dir.display()))?;
+        tmp.write_all(m.to_prometheus().as_bytes())?;
+        tmp.as_file().sync_all()?;
+        let target = dir.join("orchestrate.prom");
+        tmp.persist(&target)
+            .with_context(|| format!("write {}", target.display()))?;
+        if g.json {
+            output::json(&json!({ "textfile": target }))?;
+        } else {
+            output::line(format!("wrote {}", target.display()))?;
+        }
+    } else if g.json {
+        output::json(&m.to_json())?;
+    } else {
+        print!("{}", m.to_prometheus());
+    }
+    Ok(0)
+}
+
+pub fn graph(g: &Global, a: GraphArgs) -> Result<u8> {
+    let c = open(g)?;
+    let listing = c.list()?;
+    let text = match a.format {
+        GraphFormat::Dot => graph::to_dot(&listing.tasks),
+        GraphFormat::Mermaid => graph::to_mermaid(&listing.tasks),
+    };
+    if g.json {
+        output::json(
+            &json!({ "format": format!("{:?}", a.format).to_lowercase(), "graph": text }),
+        )?;
+    } else {
+        print!("{text}");
+    }
+    Ok(0)
+}
+
+fn snapshot(c: &Coordination) -> Result<serde_json::Value> {
+    let s = c.status()?;
+    let now = c.now();
+    let listing = c.list()?;
+    let running: Vec<serde_json::Value> = listing
+        .tasks
+        .iter()
+        .filter(|t| t.status == Status::Claimed)
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "agent_id": t.claimed_by,
+                "attempt": t.attempts,
+                "elapsed_ms": t.claimed_at.map(|x| clock::ms_between(x, now)),
+                "description": t.description,
+            })
+        })
+        .collect();
+    Ok(
+        json!({ "counts": s.counts, "total": s.total, "ready": s.ready, "running": running, "timestamp": clock::format(&now) }),
+    )
+}
+
+fn render(snap: &serde_json::Value, recent: &[Event]) -> String {
+    let mut s = String::from("\x1b[2J\x1b[H");
+    s += &format!(
+        "orchestrate watch   {}\n\n",
+        snap["timestamp"].as_str().unwrap_or("")
+    );
+    let counts: Vec<String> = snap["counts"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    s += &format!(
+        "tasks {}: {}   ready {}\n\n",
+        snap["total"],
+        counts.join(", "),
+        snap["ready"]
+    );
+    let rows: Vec<Vec<String>> = snap["running"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        r["id"].as_str().unwrap_or("").to_string(),
+                        r["agent_id"].as_str().unwrap_or("-").to_string(),
+                        format!(
+                            "{:.1}s",
+                            r["elapsed_ms"].as_i64().unwrap_or(0) as f64 / 1000.0
+                        ),
+                        output::truncate(r["description"].as_str().unwrap_or(""), 50),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        s += "nothing running\n";
+    } else {
+        s += &output::table(&["RUNNING", "AGENT", "ELAPSED", "DESCRIPTION"], &rows);
+        s += "\n";
+    }
+    s += "\nrecent events:\n";
+    for e in recent {
+        s += &human_event(e);
+        s += "\n";
+    }
+    s
+}
+
+pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
+    let c = open(g)?;
+    let root = c.layout().root().to_path_buf();
+    let w = ChangeWatcher::new(&[root.clone(), c.layout().tasks_dir()], a.poll)?;
+    let mut tail = Tail::new(&c.layout().events(), !(!g.json && a.events > 0));
+    let mut recent: std::collections::VecDeque<Event> = Default::default();
+    let tty = std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        let new_events = tail.read()?;
+        let changed = first || !new_events.is_empty();
+        if g.json {
+            if first {
+                output::json_line(&json!({ "type": "status", "data": snapshot(&c)? }))?;
+            }
+            for e in &new_events {
+                output::json_line(&json!({ "type": "event", "data": e }))?;
+            }
+            if !first && !new_events.is_empty() {
+                output::json_line(&json!({ "type": "status", "data": snapshot(&c)? }))?;
+            }
+        } else {
+            for e in new_events {
+                recent.push_back(e);
+                while recent.len() > a.events {
+                    recent.pop_front();
+                }
+            }
+            if tty {
+                let v: Vec<Event> = recent.iter().cloned().collect();
+                print!("{}", render(&snapshot(&c)?, &v));
+                std::io::stdout().flush()?;
+            } else if changed {
+                let snap = snapshot(&c)?;
+                output::line(format!(
+                    "{} tasks {} ready {} running {}",
+                    snap["timestamp"].as_str().unwrap_or(""),
+                    snap["total"],
+                    snap["ready"],
+                    snap["running"].as_array().map(|r| r.len()).unwrap_or(0)
+                ))?;
+            }
+        }
+        first = false;
+        // Redraw elapsed times every second on a terminal.
+        w.wait(if tty && !g.json {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        });
+    }
+}

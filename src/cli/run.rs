@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use orchestrate::agent::{AgentKind, AgentSpec, ClaudeOptions};
 use orchestrate::supervisor::{self, Progress, RunOptions, RunReport, WorkerOptions};
 use orchestrate::{plan, Coordination, Status};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -168,14 +169,76 @@ fn install_interrupt_handler() {
     });
 }
 
-fn progress_printer(quiet: bool) -> impl Fn(Progress) + Sync {
+/// Progress of a run or worker: lines on stderr, and on a terminal (stdout
+/// and stderr both) a progress bar with completed/failed/running counts.
+/// Nothing with `-q`.
+fn progress_printer(quiet: bool, with_bar: bool) -> impl Fn(Progress) + Sync {
     let start = Instant::now();
+    let bar =
+        (with_bar && !quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal())
+            .then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b.enable_steady_tick(Duration::from_millis(200));
+                b
+            });
+    let counts = std::sync::Mutex::new((0u64, 0u64, 0i64)); // completed, failed for good, running
     move |p: Progress| {
         if quiet {
             return;
         }
-        let t = start.elapsed().as_secs_f64();
-        let line = match p {
+        let line = format!(
+            "[{:7.1}s] {}",
+            start.elapsed().as_secs_f64(),
+            progress_line(&p)
+        );
+        let Some(b) = &bar else {
+            eprintln!("{line}");
+            return;
+        };
+        if let Ok(mut c) = counts.lock() {
+            match &p {
+                Progress::Created(n) => b.set_length(*n as u64),
+                Progress::Started { .. } => c.2 += 1,
+                Progress::Finished { task, .. } => {
+                    c.2 -= 1;
+                    match task.status {
+                        Status::Completed => {
+                            c.0 += 1;
+                            b.inc(1);
+                        }
+                        Status::Pending => {}
+                        _ => {
+                            c.1 += 1;
+                            b.inc(1);
+                        }
+                    }
+                }
+                Progress::LeaseLost { .. } => c.2 -= 1,
+                _ => {}
+            }
+            b.set_message(format!(
+                "{} completed, {} failed, {} running",
+                c.0,
+                c.1,
+                c.2.max(0)
+            ));
+        }
+        b.println(line);
+        if matches!(p, Progress::Finished { .. }) && b.length() == Some(b.position()) {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    {
+        let line = match p.clone() {
             Progress::Planning => "leader is planning…".to_string(),
             Progress::PlanRejected(errs) => format!(
                 "plan rejected, asking the leader again:\n  {}",
@@ -208,7 +271,7 @@ fn progress_printer(quiet: bool) -> impl Fn(Progress) + Sync {
                 format!("lease lost {task_id} ({agent_id}); result discarded")
             }
         };
-        eprintln!("[{t:7.1}s] {line}");
+        line
     }
 }
 
@@ -304,7 +367,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         idle_poll_ms: 500,
     };
     install_interrupt_handler();
-    let printer = progress_printer(g.quiet);
+    let printer = progress_printer(g.quiet, true);
     let report = match supervisor::run(&c, &opts, &printer) {
         Ok(r) => r,
         Err(orchestrate::Error::Interrupted) => {
@@ -461,7 +524,7 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
         correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID").ok(),
         watch_files: true,
     };
-    let printer = progress_printer(g.quiet);
+    let printer = progress_printer(g.quiet, false);
     let summary = supervisor::work(&c, &opts, &printer)?;
     if g.json {
         output::json(&summary)?;

@@ -239,6 +239,7 @@ fn run_attempt(
         correlation_id = o.correlation_id.as_deref().unwrap_or("")
     );
     let _e = span.enter();
+    tracing::info!(description = %t.description, "attempt started");
     (s.progress)(Progress::Started {
         task_id: t.id.clone(),
         agent_id: o.agent_id.clone(),
@@ -340,6 +341,7 @@ fn run_attempt(
     };
     match reported {
         Ok(after) => {
+            tracing::info!(status = %after.status, error = after.error.as_deref().unwrap_or(""), "attempt finished");
             if after.status == Status::Completed {
                 summary.completed += 1;
             } else {

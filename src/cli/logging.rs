@@ -6,18 +6,19 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Logs never go to stdout.
 pub fn init(g: &Global) {
-    let default = if g.quiet {
-        "error"
-    } else {
-        match g.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }
+    // -v wins over -q (which for `run` also hides progress); a non-empty
+    // $ORCHESTRATE_LOG (EnvFilter syntax) wins over both.
+    let default = match (g.verbose, g.quiet) {
+        (0, true) => "error",
+        (0, false) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
+        _ => "trace",
     };
     let filter = match std::env::var("ORCHESTRATE_LOG") {
-        Ok(s) if !s.is_empty() && g.verbose == 0 && !g.quiet => EnvFilter::new(s),
+        Ok(s) if !s.is_empty() => {
+            EnvFilter::try_new(&s).unwrap_or_else(|_| EnvFilter::new(default))
+        }
         _ => EnvFilter::new(default),
     };
     let builder = tracing_subscriber::fmt()

@@ -123,6 +123,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks the value ranges (`spec` section 3.3): `lease_ms` >= 1,
+    /// `max_attempts` >= 1, a valid backoff.
+    ///
+    /// # Errors
+    /// A sentence naming the bad field.
+    pub fn check_ranges(&self) -> std::result::Result<(), String> {
+        if self.lease_ms == 0 {
+            return Err("lease_ms is 0".into());
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts is 0".into());
+        }
+        self.backoff.validate().map_err(|e| e.to_string())
+    }
+
     /// Defaults of `spec` section 3.3: `lease_ms` 300000 (5 min),
     /// `max_attempts` 3, backoff 1 s doubling up to 60 s with jitter 0.5.
     pub fn new(goal: String, now: Timestamp) -> Self {

@@ -81,7 +81,7 @@ pub enum Error {
 
     /// A file in `.coordination/` is corrupt, not what the spec says, a
     /// symlink, or too large. Exit 65.
-    #[error("bad data in `{}`: {reason} (run `orchestrate doctor`, or move the file aside)", path.display())]
+    #[error("bad data in `{}`: {reason} (fix the file or move it out of .coordination/; other tasks stay usable)", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,

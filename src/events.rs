@@ -80,13 +80,22 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
+    // O_NONBLOCK: a FIFO planted in place of the log must not hang a writer
+    // that holds the lock; it is refused below as not a regular file.
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
+    if !f
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .is_file()
+    {
+        return Err(Error::corrupt(path, "is not a regular file"));
+    }
     for ev in events {
         let mut line = serde_json::to_vec(ev).map_err(|e| Error::Other(e.to_string()))?;
         line.push(b'\n');

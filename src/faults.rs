@@ -2,11 +2,14 @@
 //!
 //! When the environment variable `ORCHESTRATE_CRASH_AT` names a point and
 //! this build has `debug_assertions` (test and dev builds), the process
-//! aborts there. Release builds compile [`point`] to nothing.
+//! aborts there; with `ORCHESTRATE_HANG_AT` it sleeps there forever (holding
+//! whatever it holds, e.g. the lock). Release builds compile [`point`] to
+//! nothing.
 
-/// Aborts the process if `ORCHESTRATE_CRASH_AT` equals `name` (debug builds
-/// only). Points: `before_temp_write`, `after_temp_write`, `after_fsync`,
-/// `after_rename`, `between_batch_files`, `after_batch_intent`.
+/// Aborts the process if `ORCHESTRATE_CRASH_AT` equals `name`, or sleeps
+/// forever if `ORCHESTRATE_HANG_AT` does (debug builds only). Points:
+/// `before_temp_write`, `after_temp_write`, `after_fsync`, `after_rename`,
+/// `between_batch_files`, `after_batch_intent`, `before_event_append`.
 #[inline]
 pub fn point(name: &str) {
     #[cfg(debug_assertions)]
@@ -14,6 +17,13 @@ pub fn point(name: &str) {
         if let Some(v) = std::env::var_os("ORCHESTRATE_CRASH_AT") {
             if v == name {
                 std::process::abort();
+            }
+        }
+        if let Some(v) = std::env::var_os("ORCHESTRATE_HANG_AT") {
+            if v == name {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
             }
         }
     }

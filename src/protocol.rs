@@ -166,7 +166,10 @@ impl Coordination {
     /// [`Error::NewerSchema`] for an unusable existing config.
     pub fn init(dir: impl Into<PathBuf>, goal: Option<String>) -> Result<(Self, bool)> {
         let layout = Layout::new(dir.into());
-        store::ensure_dir(layout.root())?;
+        // The directory itself may be a symlink (to shared storage); only
+        // what is inside it must not be.
+        std::fs::create_dir_all(layout.root())
+            .map_err(|e| Error::io("create directory", layout.root(), e))?;
         let _guard = lock::acquire(
             &layout.lock(),
             Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
@@ -384,6 +387,9 @@ impl Coordination {
     /// [`Error::WrongState`]; [`Error::TaskNotFound`].
     pub fn heartbeat(&self, id: &str, token: u64, lease_ms: Option<u64>) -> Result<Task> {
         let id = TaskId::new(id)?;
+        if lease_ms == Some(0) {
+            return Err(Error::Invalid("lease must be longer than 0 ms".into()));
+        }
         self.mutate(|tx| {
             let mut t = tx.load(&id)?;
             let old = t.clone();
@@ -917,7 +923,8 @@ impl Txn<'_> {
                     Err(Error::TaskNotFound(_)) => continue,
                     Err(e) => return Err(e),
                 };
-                if t.status != Status::Pending {
+                // The dependents file is a superset: check the edge is real.
+                if t.status != Status::Pending || !t.dependencies.contains(&cur) {
                     continue;
                 }
                 t.block(self.now, &cur);
@@ -999,9 +1006,9 @@ impl Txn<'_> {
                         self.take(t, &req.agent, lease_ms)?,
                     )))
                 }
-                Readiness::NotPending => match &t.claimed_by {
-                    Some(a) => format!(": it is held by {a}"),
-                    None => String::new(),
+                Readiness::NotPending => match (&t.claimed_by, t.status) {
+                    (Some(a), Status::Claimed) => format!(": it is held by {a}"),
+                    _ => String::new(),
                 },
                 Readiness::Waiting => ": its dependencies are not completed yet".into(),
                 Readiness::BlockedBy(d) => {
@@ -1164,7 +1171,7 @@ impl Txn<'_> {
         let mut t = self.load(id)?;
         let old_status = t.status;
         let mut overlay: HashMap<TaskId, Status> = HashMap::new();
-        if t.status == Status::Blocked {
+        if matches!(t.status, Status::Blocked | Status::Dead | Status::Cancelled) {
             for d in &t.dependencies {
                 let st = match store::read_task(&self.c.layout.task(d), d)? {
                     Some(dt) => dt.status,
@@ -1230,8 +1237,13 @@ impl Txn<'_> {
                 changed.push((dt, Status::Blocked));
             }
         }
-        // Index first (superset rule), then files.
+        // Index first (superset rule), then files. The dependents entries
+        // are written again: an index rebuilt since creation only lists open
+        // tasks.
         for (t, _) in &changed {
+            for d in &t.dependencies {
+                self.c.index.add_dependent(d, &t.id)?;
+            }
             match self.readiness(t, &overlay)? {
                 Readiness::Ready | Readiness::BackingOff(_) => self.c.index.add_ready(t)?,
                 _ => self.c.index.add_waiting(&t.id)?,
@@ -1342,7 +1354,14 @@ impl Txn<'_> {
             real_ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
         let order = topo_order(&real_ids, &deps, &pos)?;
         // 4. Build tasks in topological order to derive their initial state.
-        let mut next_seq = c.index.next_seq()?;
+        let mut next_seq = match c.index.next_seq() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "index/next_seq unusable; rebuilding the index");
+                self.rebuild_index()?;
+                c.index.next_seq()?
+            }
+        };
         let mut seqs = vec![0u64; specs.len()];
         for s in seqs.iter_mut() {
             *s = next_seq;

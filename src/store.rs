@@ -107,6 +107,8 @@ pub fn read_task(path: &Path, id: &TaskId) -> Result<Option<Task>> {
         return Ok(None);
     };
     let task: Task = parse_versioned(path, &bytes, TASK_SCHEMA_VERSION)?;
+    task.check_ranges()
+        .map_err(|reason| Error::corrupt(path, reason))?;
     if &task.id != id {
         return Err(Error::corrupt(
             path,
@@ -123,7 +125,12 @@ pub fn read_task(path: &Path, id: &TaskId) -> Result<Option<Task>> {
 pub fn read_config(path: &Path) -> Result<Option<Config>> {
     match read_bytes(path)? {
         None => Ok(None),
-        Some(b) => parse_versioned(path, &b, CONFIG_SCHEMA_VERSION).map(Some),
+        Some(b) => {
+            let c: Config = parse_versioned(path, &b, CONFIG_SCHEMA_VERSION)?;
+            c.check_ranges()
+                .map_err(|reason| Error::corrupt(path, reason))?;
+            Ok(Some(c))
+        }
     }
 }
 

@@ -198,7 +198,9 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
                 if o.until_empty
                     && matches!(
                         nr.reason,
-                        NotReadyReason::Empty | NotReadyReason::AllClaimed
+                        NotReadyReason::Empty
+                            | NotReadyReason::AllClaimed
+                            | NotReadyReason::NoMatch
                     )
                 {
                     return Ok(summary);

@@ -312,6 +312,24 @@ pub fn validate_new(t: &NewTask) -> Result<()> {
 }
 
 impl Task {
+    /// Checks the value ranges a reader enforces (`spec` section 3.2):
+    /// priority 1..=10, `max_attempts` >= 1, a valid backoff.
+    ///
+    /// # Errors
+    /// A sentence naming the bad field.
+    pub fn check_ranges(&self) -> std::result::Result<(), String> {
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            return Err(format!("priority {} is outside 1..10", self.priority));
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts is 0".into());
+        }
+        if let Some(b) = &self.backoff {
+            b.validate().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     fn wrong(&self, action: &str, hint: &str) -> Error {
         Error::WrongState {
             task_id: self.id.to_string(),
@@ -354,7 +372,22 @@ impl Task {
             });
         }
         if self.status != Status::Claimed {
-            return Err(self.wrong(action, "it is not claimed"));
+            // The caller's token is the last one granted, but the lease is
+            // gone: it expired and was reaped, or the task was cancelled.
+            let detail = match self.status {
+                Status::Pending | Status::Dead if self.fencing_token > 0 => format!(
+                    "the lease is gone (it expired and was reclaimed, or the attempt was already reported); the task is now {}",
+                    self.status
+                ),
+                Status::Cancelled if self.fencing_token > 0 => "the task was cancelled".to_string(),
+                _ => return Err(self.wrong(action, "it is not claimed")),
+            };
+            return Err(Error::LeaseLost {
+                task_id: self.id.to_string(),
+                presented: token,
+                current: self.fencing_token,
+                detail,
+            });
         }
         if self.lease_expired(now) {
             return Err(Error::LeaseLost {
@@ -503,5 +536,694 @@ impl Task {
         self.error = Some(format!("dependency `{dep}` is dead or cancelled"));
         self.not_before = None;
         self.updated_at = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backoff;
+    use chrono::TimeZone;
+
+    const LEASE: u64 = 60_000;
+
+    fn t0() -> Timestamp {
+        chrono::Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid date")
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        clock::add_ms(t0(), ms)
+    }
+
+    fn task(status: Status) -> Task {
+        Task {
+            schema_version: TASK_SCHEMA_VERSION,
+            id: TaskId::new("t1").expect("valid id"),
+            seq: 1,
+            description: "do it".into(),
+            priority: DEFAULT_PRIORITY,
+            dependencies: vec![],
+            context: Context::default(),
+            command: None,
+            status,
+            attempts: 0,
+            max_attempts: 3,
+            backoff: None,
+            claimed_by: None,
+            fencing_token: 0,
+            lease_expires_at: None,
+            not_before: None,
+            result: None,
+            error: None,
+            log_file: None,
+            created_at: t0(),
+            updated_at: t0(),
+            claimed_at: None,
+            completed_at: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// A task claimed by `agent-a` at t0 with a lease of [`LEASE`] ms.
+    fn claimed() -> Task {
+        let mut t = task(Status::Pending);
+        t.claim("agent-a", t0(), LEASE)
+            .expect("pending task claims");
+        t
+    }
+
+    fn assert_wrong_state(r: Result<()>, action: &str) {
+        match r {
+            Err(Error::WrongState { action: a, .. }) => assert_eq!(a, action),
+            other => panic!("expected WrongState for {action}, got {other:?}"),
+        }
+    }
+
+    fn assert_lease_lost(r: Result<()>, presented: u64, current: u64, detail_has: &str) {
+        match r {
+            Err(Error::LeaseLost {
+                presented: p,
+                current: c,
+                detail,
+                ..
+            }) => {
+                assert_eq!((p, c), (presented, current));
+                assert!(
+                    detail.contains(detail_has),
+                    "detail `{detail}` lacks `{detail_has}`"
+                );
+            }
+            other => panic!("expected LeaseLost, got {other:?}"),
+        }
+    }
+
+    // ---- claim ----
+
+    #[test]
+    fn claim_from_pending_grants_lease_token_and_attempt() {
+        let mut t = task(Status::Pending);
+        t.fencing_token = 4;
+        t.attempts = 1;
+        t.not_before = Some(t0());
+        t.claim("agent-a", at(10), 5_000).unwrap();
+        assert_eq!(t.status, Status::Claimed);
+        assert_eq!(t.fencing_token, 5);
+        assert_eq!(t.attempts, 2);
+        assert_eq!(t.claimed_by.as_deref(), Some("agent-a"));
+        assert_eq!(t.claimed_at, Some(at(10)));
+        assert_eq!(t.lease_expires_at, Some(at(5_010)));
+        assert_eq!(t.not_before, None);
+        assert_eq!(t.updated_at, at(10));
+    }
+
+    #[test]
+    fn claim_from_every_other_state_is_refused_and_changes_nothing() {
+        for st in Status::ALL {
+            if st == Status::Pending {
+                continue;
+            }
+            let mut t = task(st);
+            let before = t.clone();
+            assert_wrong_state(t.claim("agent-b", at(1), LEASE), "claim");
+            assert_eq!(t, before, "claim from {st} changed the task");
+        }
+    }
+
+    #[test]
+    fn claim_twice_is_refused() {
+        let mut t = claimed();
+        let before = t.clone();
+        assert_wrong_state(t.claim("agent-b", at(1), LEASE), "claim");
+        assert_eq!(t, before);
+    }
+
+    // ---- heartbeat ----
+
+    #[test]
+    fn heartbeat_with_current_token_extends_the_lease() {
+        let mut t = claimed();
+        t.heartbeat(1, at(30_000), 90_000).unwrap();
+        assert_eq!(t.lease_expires_at, Some(at(120_000)));
+        assert_eq!(t.updated_at, at(30_000));
+        assert_eq!(t.status, Status::Claimed);
+        assert_eq!(t.fencing_token, 1);
+        assert_eq!(t.attempts, 1);
+    }
+
+    #[test]
+    fn heartbeat_with_stale_token_is_lease_lost() {
+        let mut t = claimed();
+        t.end_attempt_failed(at(1), "boom".into(), 0);
+        t.claim("agent-b", at(2), LEASE).unwrap();
+        let before = t.clone();
+        assert_lease_lost(t.heartbeat(1, at(3), LEASE), 1, 2, "claimed again");
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn heartbeat_with_future_token_is_lease_lost() {
+        let mut t = claimed();
+        let before = t.clone();
+        assert_lease_lost(t.heartbeat(7, at(3), LEASE), 7, 1, "no claim");
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn heartbeat_after_expiry_is_lease_lost() {
+        let mut t = claimed();
+        let before = t.clone();
+        // Exactly at the expiry instant the lease is gone.
+        assert_lease_lost(t.heartbeat(1, at(LEASE), LEASE), 1, 1, "expired");
+        assert_lease_lost(t.heartbeat(1, at(LEASE + 1), LEASE), 1, 1, "expired");
+        assert_eq!(t, before);
+        // One millisecond before, it is still held.
+        t.heartbeat(1, at(LEASE - 1), LEASE).unwrap();
+    }
+
+    #[test]
+    fn heartbeat_of_unclaimed_task_with_current_token_is_wrong_state() {
+        for st in [Status::Pending, Status::Completed, Status::Dead] {
+            let mut t = task(st);
+            assert_wrong_state(t.heartbeat(0, at(1), LEASE), "heartbeat");
+        }
+    }
+
+    #[test]
+    fn lease_expired_only_for_claimed_tasks() {
+        let t = claimed();
+        assert!(!t.lease_expired(at(LEASE - 1)));
+        assert!(t.lease_expired(at(LEASE)));
+        let mut no_lease = claimed();
+        no_lease.lease_expires_at = None;
+        assert!(
+            no_lease.lease_expired(t0()),
+            "a claim without a lease is expired"
+        );
+        let mut p = task(Status::Pending);
+        p.lease_expires_at = Some(t0());
+        assert!(!p.lease_expired(at(LEASE * 2)));
+    }
+
+    // ---- complete ----
+
+    #[test]
+    fn complete_with_current_token() {
+        let mut t = claimed();
+        t.error = Some("old error".into());
+        t.complete(1, at(500), Some(Value::from("done"))).unwrap();
+        assert_eq!(t.status, Status::Completed);
+        assert_eq!(t.result, Some(Value::from("done")));
+        assert_eq!(t.error, None);
+        assert_eq!(t.lease_expires_at, None);
+        assert_eq!(t.completed_at, Some(at(500)));
+        assert_eq!(t.updated_at, at(500));
+        assert_eq!(t.fencing_token, 1);
+    }
+
+    #[test]
+    fn complete_with_stale_or_expired_token_changes_nothing() {
+        let mut t = claimed();
+        t.release(1, at(1)).unwrap();
+        t.claim("agent-b", at(2), LEASE).unwrap();
+        let before = t.clone();
+        assert_lease_lost(t.complete(1, at(3), None), 1, 2, "claimed again");
+        assert_lease_lost(t.complete(2, at(2 + LEASE), None), 2, 2, "expired");
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn complete_twice_is_wrong_state() {
+        let mut t = claimed();
+        t.complete(1, at(1), None).unwrap();
+        let before = t.clone();
+        assert_wrong_state(t.complete(1, at(2), None), "complete");
+        assert_eq!(t, before);
+    }
+
+    // ---- fail (end_attempt_failed) ----
+
+    #[test]
+    fn failed_attempt_with_attempts_left_goes_back_to_pending_after_backoff() {
+        let mut t = claimed();
+        let st = t.end_attempt_failed(at(100), "boom".into(), 2_000);
+        assert_eq!(st, Status::Pending);
+        assert_eq!(t.status, Status::Pending);
+        assert_eq!(t.not_before, Some(at(2_100)));
+        assert_eq!(t.error.as_deref(), Some("boom"));
+        assert_eq!(t.claimed_by, None);
+        assert_eq!(t.lease_expires_at, None);
+        assert_eq!(t.completed_at, None);
+        assert_eq!(t.attempts, 1, "a failed attempt stays spent");
+        assert_eq!(t.fencing_token, 1);
+        // The old token is now useless ("lease lost": the holder must stop),
+        // and the task claims again with a new one.
+        assert_lease_lost(t.heartbeat(1, at(200), LEASE), 1, 1, "lease is gone");
+        t.claim("agent-b", at(2_100), LEASE).unwrap();
+        assert_eq!((t.fencing_token, t.attempts), (2, 2));
+    }
+
+    #[test]
+    fn attempts_exhausted_makes_the_task_dead() {
+        let mut t = task(Status::Pending);
+        t.max_attempts = 3;
+        let mut statuses = vec![];
+        for i in 0..3u64 {
+            t.claim("agent-a", at(i * 10), LEASE).unwrap();
+            t.check_token(i + 1, at(i * 10 + 1), "fail").unwrap();
+            statuses.push(t.end_attempt_failed(at(i * 10 + 1), format!("fail {i}"), 0));
+        }
+        assert_eq!(
+            statuses,
+            vec![Status::Pending, Status::Pending, Status::Dead]
+        );
+        assert_eq!(t.status, Status::Dead);
+        assert_eq!(t.attempts, 3);
+        assert_eq!(t.fencing_token, 3);
+        assert_eq!(t.not_before, None);
+        assert_eq!(t.completed_at, Some(at(21)));
+        assert_eq!(t.error.as_deref(), Some("fail 2"));
+        assert_wrong_state(t.claim("agent-a", at(100), LEASE), "claim");
+    }
+
+    #[test]
+    fn max_attempts_one_dies_on_first_failure() {
+        let mut t = task(Status::Pending);
+        t.max_attempts = 1;
+        t.claim("a", t0(), LEASE).unwrap();
+        assert_eq!(t.end_attempt_failed(at(1), "x".into(), 1_000), Status::Dead);
+    }
+
+    // ---- release ----
+
+    #[test]
+    fn release_gives_the_attempt_back() {
+        let mut t = claimed();
+        t.release(1, at(10)).unwrap();
+        assert_eq!(t.status, Status::Pending);
+        assert_eq!(t.attempts, 0);
+        assert_eq!(t.claimed_by, None);
+        assert_eq!(t.lease_expires_at, None);
+        assert_eq!(t.not_before, None);
+        assert_eq!(t.fencing_token, 1, "the token never goes back");
+        t.claim("agent-b", at(11), LEASE).unwrap();
+        assert_eq!((t.fencing_token, t.attempts), (2, 1));
+    }
+
+    #[test]
+    fn release_with_stale_token_or_expired_lease_is_lease_lost() {
+        let mut t = claimed();
+        let before = t.clone();
+        assert_lease_lost(t.release(0, at(1)), 0, 1, "claimed again");
+        assert_lease_lost(t.release(1, at(LEASE)), 1, 1, "expired");
+        assert_eq!(t, before);
+        let mut p = task(Status::Pending);
+        assert_wrong_state(p.release(0, at(1)), "release");
+    }
+
+    // ---- cancel ----
+
+    #[test]
+    fn cancel_from_each_state() {
+        for st in Status::ALL {
+            let mut t = if st == Status::Claimed {
+                claimed()
+            } else {
+                task(st)
+            };
+            let before = t.clone();
+            let r = t.cancel(at(5), Some("no longer needed".into()));
+            match st {
+                Status::Pending | Status::Claimed | Status::Blocked => {
+                    r.unwrap();
+                    assert_eq!(t.status, Status::Cancelled);
+                    assert_eq!(t.error.as_deref(), Some("no longer needed"));
+                    assert_eq!(t.claimed_by, None);
+                    assert_eq!(t.lease_expires_at, None);
+                    assert_eq!(t.completed_at, Some(at(5)));
+                }
+                _ => {
+                    assert_wrong_state(r, "cancel");
+                    assert_eq!(t, before, "cancel from {st} changed the task");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_without_reason_records_cancelled() {
+        let mut t = task(Status::Pending);
+        t.cancel(at(1), None).unwrap();
+        assert_eq!(t.error.as_deref(), Some("cancelled"));
+    }
+
+    #[test]
+    fn holder_of_a_cancelled_task_cannot_complete_it() {
+        let mut t = claimed();
+        t.cancel(at(1), None).unwrap();
+        let before = t.clone();
+        let r = t.complete(1, at(2), None);
+        assert!(
+            matches!(r, Err(Error::WrongState { .. } | Error::LeaseLost { .. })),
+            "got {r:?}"
+        );
+        assert_eq!(t, before);
+    }
+
+    // ---- retry ----
+
+    #[test]
+    fn retry_from_each_state() {
+        for st in Status::ALL {
+            let mut t = task(st);
+            t.attempts = 3;
+            t.fencing_token = 3;
+            t.not_before = Some(at(1_000));
+            t.completed_at = Some(t0());
+            let before = t.clone();
+            let r = t.retry(at(7));
+            match st {
+                Status::Dead | Status::Cancelled | Status::Blocked => {
+                    r.unwrap();
+                    assert_eq!(t.status, Status::Pending);
+                    assert_eq!(t.attempts, 0, "retry gives a fresh attempt budget");
+                    assert_eq!(t.fencing_token, 3, "the token never goes back");
+                    assert_eq!(t.not_before, None);
+                    assert_eq!(t.completed_at, None);
+                    assert_eq!(t.updated_at, at(7));
+                }
+                _ => {
+                    assert_wrong_state(r, "retry");
+                    assert_eq!(t, before, "retry from {st} changed the task");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dead_task_retried_then_claimed_gets_a_new_token() {
+        let mut t = task(Status::Pending);
+        t.max_attempts = 1;
+        t.claim("a", t0(), LEASE).unwrap();
+        assert_eq!(t.end_attempt_failed(at(1), "x".into(), 0), Status::Dead);
+        t.retry(at(2)).unwrap();
+        t.claim("b", at(3), LEASE).unwrap();
+        assert_eq!((t.fencing_token, t.attempts), (2, 1));
+        assert_lease_lost(t.complete(1, at(4), None), 1, 2, "claimed again");
+    }
+
+    // ---- block ----
+
+    #[test]
+    fn block_records_the_dependency() {
+        let mut t = task(Status::Pending);
+        t.not_before = Some(at(9));
+        let dep = TaskId::new("dep-1").unwrap();
+        t.block(at(3), &dep);
+        assert_eq!(t.status, Status::Blocked);
+        assert!(t.error.as_deref().unwrap().contains("dep-1"));
+        assert_eq!(t.not_before, None);
+    }
+
+    // ---- check_token ----
+
+    #[test]
+    fn check_token_never_changes_the_task() {
+        let t = claimed();
+        let before = t.clone();
+        t.check_token(1, at(1), "x").unwrap();
+        let _ = t.check_token(0, at(1), "x");
+        let _ = t.check_token(1, at(LEASE), "x");
+        assert_eq!(t, before);
+    }
+
+    // ---- validate_name ----
+
+    #[test]
+    fn validate_name_accepts_good_names() {
+        for ok in [
+            "a",
+            "A",
+            "0",
+            "task-1",
+            "a.b_c-d",
+            "a..b",
+            &"x".repeat(MAX_ID_LEN),
+        ] {
+            assert!(validate_name("task id", ok).is_ok(), "{ok:?} refused");
+        }
+    }
+
+    #[test]
+    fn validate_name_refuses_bad_names() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/abs",
+            "a\\b",
+            "a\0b",
+            ".hidden",
+            "-flag",
+            "_x",
+            "a b",
+            "a\nb",
+            "é",
+            "a:b",
+            long.as_str(),
+        ] {
+            match validate_name("task id", bad) {
+                Err(Error::Invalid(msg)) => assert!(msg.contains("task id"), "{msg}"),
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn validate_name_error_is_bounded_and_escaped() {
+        let Err(Error::Invalid(msg)) =
+            validate_name("agent id", &format!("a\0{}", "b".repeat(5000)))
+        else {
+            panic!("accepted")
+        };
+        assert!(msg.len() < 300, "message is {} bytes", msg.len());
+        assert!(msg.contains("\\0"), "NUL not escaped: {msg}");
+    }
+
+    #[test]
+    fn task_id_deserialisation_validates() {
+        assert!(serde_json::from_str::<TaskId>("\"ok-1\"").is_ok());
+        assert!(serde_json::from_str::<TaskId>("\"../etc\"").is_err());
+        assert!(serde_json::from_str::<TaskId>("\"a/b\"").is_err());
+    }
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = TaskId::generate();
+        let b = TaskId::generate();
+        assert_ne!(a, b);
+        validate_name("task id", a.as_str()).unwrap();
+        assert!(a.as_str().starts_with("task-") && a.as_str().len() == 17);
+    }
+
+    // ---- validate_new ----
+
+    fn new_task() -> NewTask {
+        NewTask {
+            description: "x".into(),
+            ..Default::default()
+        }
+    }
+
+    fn invalid(t: &NewTask) -> String {
+        match validate_new(t) {
+            Err(Error::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_new_priority_bounds() {
+        for p in [1, 5, 10] {
+            validate_new(&NewTask {
+                priority: Some(p),
+                ..new_task()
+            })
+            .unwrap();
+        }
+        for p in [0, 11, 255] {
+            let m = invalid(&NewTask {
+                priority: Some(p),
+                ..new_task()
+            });
+            assert!(m.contains(&format!("priority {p}")), "{m}");
+        }
+    }
+
+    #[test]
+    fn validate_new_description() {
+        for d in ["", "   ", "\n\t"] {
+            let m = invalid(&NewTask {
+                description: d.into(),
+                ..new_task()
+            });
+            assert!(m.contains("empty"), "{m}");
+        }
+        validate_new(&NewTask {
+            description: "y".repeat(MAX_DESCRIPTION_LEN),
+            ..new_task()
+        })
+        .unwrap();
+        let m = invalid(&NewTask {
+            description: "y".repeat(MAX_DESCRIPTION_LEN + 1),
+            ..new_task()
+        });
+        assert!(m.contains("limit"), "{m}");
+        let m = invalid(&NewTask {
+            description: "y".repeat(10 << 20),
+            ..new_task()
+        });
+        assert!(m.contains(&format!("{}", 10 << 20)), "{m}");
+    }
+
+    #[test]
+    fn validate_new_other_fields() {
+        invalid(&NewTask {
+            max_attempts: Some(0),
+            ..new_task()
+        });
+        validate_new(&NewTask {
+            max_attempts: Some(1),
+            ..new_task()
+        })
+        .unwrap();
+        invalid(&NewTask {
+            id: Some("../x".into()),
+            ..new_task()
+        });
+        invalid(&NewTask {
+            dependencies: vec!["ok".into(), "a/b".into()],
+            ..new_task()
+        });
+        invalid(&NewTask {
+            context: Context {
+                tags: vec![String::new()],
+                ..Default::default()
+            },
+            ..new_task()
+        });
+        invalid(&NewTask {
+            backoff: Some(Backoff {
+                factor: 0.5,
+                ..Backoff::default()
+            }),
+            ..new_task()
+        });
+    }
+
+    // ---- serde ----
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let mut t = claimed();
+        t.extra
+            .insert("added_in_1_1".into(), serde_json::json!({"k": [1, 2]}));
+        let text = serde_json::to_string_pretty(&t).unwrap();
+        let back: Task = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, t);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], "claimed");
+        assert_eq!(v["lease_expires_at"], "2026-01-02T03:05:05.000Z");
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for st in Status::ALL {
+            assert_eq!(Status::parse(st.as_str()).unwrap(), st);
+            assert_eq!(serde_json::to_value(st).unwrap(), Value::from(st.as_str()));
+        }
+        assert!(Status::parse("Pending").is_err());
+        assert!(Status::parse("").is_err());
+    }
+
+    // ---- backoff (config.rs) ----
+
+    fn backoff(base_ms: u64, factor: f64, max_ms: u64, jitter: f64) -> Backoff {
+        Backoff {
+            base_ms,
+            factor,
+            max_ms,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn backoff_ceiling_doubles_then_caps() {
+        let b = backoff(1_000, 2.0, 60_000, 0.5);
+        let got: Vec<u64> = (1..=9).map(|n| b.ceiling_ms(n)).collect();
+        assert_eq!(
+            got,
+            vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]
+        );
+        assert_eq!(b.ceiling_ms(0), 1_000, "attempt 0 is treated as the first");
+        assert_eq!(b.ceiling_ms(u32::MAX), 60_000, "huge attempts saturate");
+        assert_eq!(backoff(500, 1.0, 900, 0.0).ceiling_ms(40), 500);
+        assert_eq!(backoff(100, 3.0, 1_000, 0.0).ceiling_ms(3), 900);
+        assert_eq!(backoff(100, 3.0, 1_000, 0.0).ceiling_ms(4), 1_000);
+        assert_eq!(
+            backoff(u64::MAX / 2, 10.0, u64::MAX, 0.0).ceiling_ms(100),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn backoff_delay_stays_within_jitter_bounds() {
+        let b = backoff(1_000, 2.0, 60_000, 0.5);
+        for attempt in 1..=10 {
+            let c = b.ceiling_ms(attempt);
+            assert_eq!(b.delay_ms(attempt, 0.0), c, "u = 0 gives the ceiling");
+            for i in 0..=100 {
+                let u = f64::from(i) / 100.0;
+                let d = b.delay_ms(attempt, u);
+                assert!(d <= c, "attempt {attempt} u {u}: {d} > ceiling {c}");
+                assert!(d >= c / 2, "attempt {attempt} u {u}: {d} < half of {c}");
+            }
+        }
+        assert_eq!(b.delay_ms(1, 1.0), 500);
+        assert_eq!(b.delay_ms(1, 0.5), 750);
+        // u outside [0, 1] is clamped.
+        assert_eq!(b.delay_ms(1, 7.0), 500);
+        assert_eq!(b.delay_ms(1, -3.0), 1_000);
+        // No jitter: exactly the ceiling; full jitter: anything down to 0.
+        let none = backoff(1_000, 2.0, 60_000, 0.0);
+        assert_eq!(none.delay_ms(3, 0.9), 4_000);
+        let full = backoff(1_000, 2.0, 60_000, 1.0);
+        assert_eq!(full.delay_ms(3, 1.0), 0);
+        assert_eq!(full.delay_ms(3, 0.25), 3_000);
+    }
+
+    #[test]
+    fn backoff_validate() {
+        backoff(1_000, 2.0, 60_000, 0.5).validate().unwrap();
+        backoff(0, 1.0, 0, 0.0).validate().unwrap();
+        backoff(1, 1.0, 1, 1.0).validate().unwrap();
+        for b in [
+            backoff(1_000, 0.9, 60_000, 0.5),
+            backoff(1_000, f64::NAN, 60_000, 0.5),
+            backoff(1_000, f64::INFINITY, 60_000, 0.5),
+            backoff(1_000, 2.0, 60_000, -0.1),
+            backoff(1_000, 2.0, 60_000, 1.1),
+            backoff(1_000, 2.0, 999, 0.5),
+        ] {
+            assert!(
+                matches!(b.validate(), Err(Error::Invalid(_))),
+                "{b:?} accepted"
+            );
+        }
     }
 }

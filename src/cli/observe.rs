@@ -334,7 +334,7 @@ pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
     let c = open(g)?;
     let root = c.layout().root().to_path_buf();
     let w = ChangeWatcher::new(&[root.clone(), c.layout().tasks_dir()], a.poll)?;
-    let mut tail = Tail::new(&c.layout().events(), !(!g.json && a.events > 0));
+    let mut tail = Tail::new(&c.layout().events(), g.json || a.events == 0);
     let mut recent: std::collections::VecDeque<Event> = Default::default();
     let tty = std::io::stdout().is_terminal();
     let mut first = true;

@@ -361,6 +361,12 @@ fn create_in_config(g: &Global, cfg: &Path, a: &CreateArgs) -> Result<u8> {
     if let Some(c) = &a.command {
         entry.insert("command".into(), json!(c));
     }
+    if !a.tags.is_empty() {
+        entry.insert("tags".into(), json!(a.tags));
+    }
+    if let Some(m) = a.max_attempts {
+        entry.insert("max_attempts".into(), json!(m));
+    }
     let entry = Value::Object(entry);
     arr.push(entry.clone());
     let index = arr.len() - 1;
@@ -464,8 +470,12 @@ pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
                     &mut buf,
                 )
             } else {
-                let file =
-                    std::fs::File::open(f).with_context(|| format!("open {}", f.display()))?;
+                // A result file that cannot be opened is a bad argument (2),
+                // like one that cannot be read below, not an I/O failure of
+                // the coordination directory (74).
+                let file = std::fs::File::open(f).map_err(|e| {
+                    Error::Invalid(format!("cannot read result from `{}`: {e}", f.display()))
+                })?;
                 std::io::Read::read_to_string(
                     &mut std::io::Read::take(file, MAX_RESULT_BYTES + 1),
                     &mut buf,

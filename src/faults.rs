@@ -9,7 +9,8 @@
 /// Aborts the process if `ORCHESTRATE_CRASH_AT` equals `name`, or sleeps
 /// forever if `ORCHESTRATE_HANG_AT` does (debug builds only). Points:
 /// `before_temp_write`, `after_temp_write`, `after_fsync`, `after_rename`,
-/// `between_batch_files`, `after_batch_intent`, `before_event_append`.
+/// `between_batch_files`, `after_batch_intent`, `before_dir_fsync`,
+/// `before_event_append`, `mid_event_append` (half a line written).
 #[inline]
 pub fn point(name: &str) {
     #[cfg(debug_assertions)]
@@ -29,4 +30,19 @@ pub fn point(name: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = name;
+}
+
+/// True when `ORCHESTRATE_CRASH_AT` names `name` (debug builds only); for
+/// points that must do something before aborting (a half-written line).
+#[inline]
+pub fn armed(name: &str) -> bool {
+    #[cfg(debug_assertions)]
+    {
+        std::env::var_os("ORCHESTRATE_CRASH_AT").is_some_and(|v| v == name)
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = name;
+        false
+    }
 }

@@ -772,6 +772,7 @@ impl Txn<'_> {
     /// Makes the mutation durable (one directory fsync) and appends events.
     fn finish(&mut self) -> Result<()> {
         let r = if self.tasks_dir_dirty && self.c.durable() {
+            crate::faults::point("before_dir_fsync");
             store::sync_dir(&self.c.layout.tasks_dir())
         } else {
             Ok(())

@@ -710,6 +710,79 @@ impl Coordination {
     pub fn reindex(&self) -> Result<()> {
         self.mutate(|tx| tx.rebuild_index())
     }
+
+    /// Runs `f` holding the directory lock, without the crash recovery and
+    /// reaping a mutation does first: for `doctor`, which must see the
+    /// directory as it is.
+    ///
+    /// # Errors
+    /// Lock errors, and whatever `f` returns.
+    pub(crate) fn locked<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let _guard = lock::acquire(&self.layout.lock(), self.lock_timeout)?;
+        f()
+    }
+
+    /// Blocks every pending task with a dead, cancelled, blocked or missing
+    /// dependency (the state a crash in the middle of blocking propagation
+    /// can leave). Returns the tasks blocked.
+    ///
+    /// # Errors
+    /// Lock, data and I/O errors.
+    pub fn repair_blocked(&self) -> Result<Vec<Task>> {
+        self.mutate(|tx| {
+            let listing = tx.c.list()?;
+            let status: HashMap<&TaskId, Status> =
+                listing.tasks.iter().map(|t| (&t.id, t.status)).collect();
+            let mut out = Vec::new();
+            for t in &listing.tasks {
+                if t.status != Status::Pending {
+                    continue;
+                }
+                let bad = t.dependencies.iter().find(|d| {
+                    status
+                        .get(d)
+                        .is_none_or(|s| s.is_failed_for_good() || *s == Status::Blocked)
+                });
+                if let Some(d) = bad {
+                    let mut t2 = t.clone();
+                    t2.block(tx.now, d);
+                    tx.save(&t2)?;
+                    tx.c.index.remove_ready(&t2)?;
+                    let e = tx.event("task_blocked", &t2, Some(Status::Pending));
+                    e.detail
+                        .insert("blocked_by".into(), Value::from(d.to_string()));
+                    out.push(t2);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// True when the index is there, in this version, and built since boot.
+    pub fn index_is_current(&self) -> bool {
+        self.index.is_current()
+    }
+
+    /// The ready-index entries (task ids) and lease-index task ids, for
+    /// `doctor`'s staleness check.
+    ///
+    /// # Errors
+    /// I/O errors reading `index/`.
+    pub fn index_contents(&self) -> Result<(HashSet<TaskId>, HashSet<TaskId>)> {
+        let mut ready = HashSet::new();
+        for b in self.index.ready_buckets()? {
+            for e in self.index.bucket_entries(&b)? {
+                ready.insert(e.id);
+            }
+        }
+        let leases = self
+            .index
+            .leases()?
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
+        Ok((ready, leases))
+    }
 }
 
 /// One lock hold: a mutation in progress.

@@ -88,6 +88,8 @@ pub enum Command {
     Status,
     /// Rebuild the derived claim index from the task files
     Reindex,
+    /// Check every file against the spec; --fix repairs what can be repaired (exit 65: damage left)
+    Doctor(tasks::DoctorArgs),
     /// Plan a goal with a leader agent (or take --tasks) and run N workers until done
     Run(run::RunArgs),
     /// Run a saved configuration (orchestration.json)
@@ -153,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Show(a) => tasks::show(g, a),
         Command::Status => tasks::status(g),
         Command::Reindex => tasks::reindex(g),
+        Command::Doctor(a) => tasks::doctor(g, a),
         Command::Run(a) => run::run(g, a),
         Command::FromConfig(a) => run::from_config(g, a),
         Command::Work(a) => run::work(g, a),

@@ -695,3 +695,55 @@ pub fn reindex(g: &Global) -> Result<u8> {
     }
     Ok(0)
 }
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Repair what can be repaired (quarantine unreadable files, remove temps, rebuild the index, block what must be blocked)
+    #[arg(long)]
+    pub fix: bool,
+}
+
+pub fn doctor(g: &Global, a: DoctorArgs) -> Result<u8> {
+    let c = open(g)?;
+    let r = orchestrate::doctor::run(&c, a.fix)?;
+    if g.json {
+        output::json(&r)?;
+    } else {
+        if r.findings.is_empty() {
+            output::line(format!(
+                "{} tasks checked; no problems found",
+                r.tasks_checked
+            ))?;
+        }
+        for f in &r.findings {
+            let sev = match f.severity {
+                orchestrate::doctor::Severity::Error => "error",
+                orchestrate::doctor::Severity::Warning => "warning",
+            };
+            let state = if f.fixed {
+                " [fixed]"
+            } else if f.fixable && !a.fix {
+                " [--fix repairs this]"
+            } else {
+                ""
+            };
+            output::line(format!(
+                "{sev}: {}: {}{state}
+  fix: {}",
+                f.file, f.message, f.fix
+            ))?;
+        }
+        if !r.findings.is_empty() {
+            output::line(format!(
+                "{} tasks checked; {}",
+                r.tasks_checked,
+                if r.clean {
+                    "no damage left"
+                } else {
+                    "damage remains"
+                }
+            ))?;
+        }
+    }
+    Ok(if r.clean { 0 } else { 65 })
+}

@@ -1,0 +1,549 @@
+//! `orchestrate doctor [--fix]`: checks every file of `.coordination/`
+//! against `spec/PROTOCOL.md` and repairs what can be repaired without
+//! losing a readable task (`spec` section 17).
+//!
+//! Checks: task files (JSON, schema, version, name = id, symlinks), field
+//! invariants per status (section 5.8), dangling dependencies, dependency
+//! cycles, pending tasks whose dependency failed for good, crash leftovers
+//! (temp files, batch intent, half-built index), agent records, and the
+//! derived index (present, current, and a superset of the ready set and the
+//! leases). Repairs: unreadable files are moved to `quarantine/` with a note,
+//! temps removed, an unfinished batch rolled back, blocking propagated, the
+//! index rebuilt. A file from a newer schema version is never touched.
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::layout::TEMP_NAME;
+use crate::protocol::Coordination;
+use crate::store;
+use crate::task::{Status, Task, TaskId};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Damage: something is lost, stuck or unreadable until fixed.
+    Error,
+    /// Not damage, but worth knowing (a torn last event line, a newer file).
+    Warning,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Stable name: `corrupt_file`, `newer_schema`, `symlink`, `stray_file`,
+    /// `orphan_temp`, `unfinished_batch`, `invalid_fields`,
+    /// `dangling_dependency`, `dependency_cycle`, `should_be_blocked`,
+    /// `index_missing`, `index_stale`, `orphan_index_build`, `torn_event`.
+    pub kind: String,
+    /// Error or warning.
+    pub severity: Severity,
+    /// The file, relative to `.coordination/`.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+    /// What fixes it (what `--fix` does, or what a person must do).
+    pub fix: String,
+    /// True when `--fix` can repair it.
+    pub fixable: bool,
+    /// True when it was repaired in this run.
+    pub fixed: bool,
+}
+
+/// The outcome of a doctor run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Everything found.
+    pub findings: Vec<Finding>,
+    /// Task files read successfully.
+    pub tasks_checked: usize,
+    /// True when no error remains (after fixes, if `--fix`).
+    pub clean: bool,
+}
+
+struct Collector {
+    findings: Vec<Finding>,
+}
+
+impl Collector {
+    fn add(
+        &mut self,
+        kind: &str,
+        severity: Severity,
+        file: &str,
+        message: String,
+        fix: &str,
+        fixable: bool,
+    ) {
+        self.findings.push(Finding {
+            kind: kind.into(),
+            severity,
+            file: file.into(),
+            message,
+            fix: fix.into(),
+            fixable,
+            fixed: false,
+        });
+    }
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
+
+/// Moves `path` into `quarantine/` with a `.note` beside it; returns the
+/// new path.
+fn quarantine(root: &Path, path: &Path, reason: &str) -> Result<PathBuf> {
+    let q = root.join("quarantine");
+    store::ensure_dir(&q)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let target = q.join(format!("{name}.{stamp}"));
+    std::fs::rename(path, &target).map_err(|e| Error::io("move to quarantine", path, e))?;
+    let note = format!(
+        "moved here by `orchestrate doctor --fix` at {}\nfrom: {}\nreason: {reason}\n",
+        clock::format(&chrono::Utc::now()),
+        path.display()
+    );
+    std::fs::write(q.join(format!("{name}.{stamp}.note")), note)
+        .map_err(|e| Error::io("write note", &q, e))?;
+    Ok(target)
+}
+
+/// Field invariants of section 5.8; returns the first broken one.
+fn invariant_problem(t: &Task) -> Option<String> {
+    match t.status {
+        Status::Claimed => {
+            if t.claimed_by.is_none() {
+                return Some("claimed without `claimed_by`".into());
+            }
+            if t.lease_expires_at.is_none() {
+                return Some("claimed without `lease_expires_at`".into());
+            }
+            if t.fencing_token == 0 {
+                return Some("claimed with fencing_token 0".into());
+            }
+        }
+        Status::Pending | Status::Blocked if t.claimed_by.is_some() => {
+            return Some(format!("{} but `claimed_by` is set", t.status));
+        }
+        Status::Completed if t.completed_at.is_none() => {
+            return Some("completed without `completed_at`".into());
+        }
+        _ => {}
+    }
+    if u64::from(t.attempts) > t.fencing_token {
+        return Some(format!(
+            "attempts {} exceed fencing_token {}",
+            t.attempts, t.fencing_token
+        ));
+    }
+    None
+}
+
+fn find_cycle(tasks: &HashMap<TaskId, Task>) -> Option<Vec<TaskId>> {
+    let mut state: HashMap<&TaskId, u8> = HashMap::new();
+    fn dfs<'a>(
+        id: &'a TaskId,
+        tasks: &'a HashMap<TaskId, Task>,
+        state: &mut HashMap<&'a TaskId, u8>,
+        stack: &mut Vec<&'a TaskId>,
+    ) -> Option<Vec<TaskId>> {
+        state.insert(id, 1);
+        stack.push(id);
+        if let Some(t) = tasks.get(id) {
+            for d in &t.dependencies {
+                match state.get(d).copied() {
+                    Some(1) => {
+                        let at = stack.iter().position(|x| *x == d).unwrap_or(0);
+                        let mut c: Vec<TaskId> = stack[at..].iter().map(|x| (*x).clone()).collect();
+                        c.push(d.clone());
+                        return Some(c);
+                    }
+                    None if tasks.contains_key(d) => {
+                        if let Some((k, _)) = tasks.get_key_value(d) {
+                            if let Some(c) = dfs(k, tasks, state, stack) {
+                                return Some(c);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        stack.pop();
+        state.insert(id, 2);
+        None
+    }
+    let mut ids: Vec<&TaskId> = tasks.keys().collect();
+    ids.sort();
+    for id in ids {
+        if !state.contains_key(id) {
+            let mut stack = Vec::new();
+            if let Some(c) = dfs(id, tasks, &mut state, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Checks the directory and, with `fix`, repairs what can be repaired.
+///
+/// # Errors
+/// Lock and I/O errors that stop the check itself.
+pub fn run(c: &Coordination, fix: bool) -> Result<Report> {
+    let root = c.layout().root().to_path_buf();
+    let mut col = Collector {
+        findings: Vec::new(),
+    };
+    let mut tasks: HashMap<TaskId, Task> = HashMap::new();
+
+    // 1. Files in tasks/, the root and agents/.
+    for dir in [
+        root.clone(),
+        c.layout().tasks_dir(),
+        c.layout().agents_dir(),
+    ] {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        let is_tasks = dir == c.layout().tasks_dir();
+        let is_agents = dir == c.layout().agents_dir();
+        for ent in rd.flatten() {
+            let path = ent.path();
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let r = rel(&root, &path);
+            let ft = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m.file_type(),
+                Err(_) => continue,
+            };
+            if name == TEMP_NAME {
+                col.add(
+                    "orphan_temp",
+                    Severity::Error,
+                    &r,
+                    "temp file left by an interrupted write".into(),
+                    "remove it (the write it belonged to did not happen)",
+                    true,
+                );
+                continue;
+            }
+            if name == ".index-rebuild" || name == ".index-old" {
+                col.add(
+                    "orphan_index_build",
+                    Severity::Error,
+                    &r,
+                    "half-built or old index left by an interrupted rebuild".into(),
+                    "remove it",
+                    true,
+                );
+                continue;
+            }
+            if is_tasks && name == ".batch-intent.json" {
+                col.add(
+                    "unfinished_batch",
+                    Severity::Error,
+                    &r,
+                    "a batch create was interrupted; its tasks are not committed".into(),
+                    "roll the batch back (the next mutation does this too)",
+                    true,
+                );
+                continue;
+            }
+            if !(is_tasks || is_agents) {
+                continue;
+            }
+            if ft.is_symlink() {
+                col.add(
+                    "symlink",
+                    Severity::Error,
+                    &r,
+                    "a symlink inside .coordination/ (refused, never followed)".into(),
+                    "move it to quarantine/",
+                    true,
+                );
+                continue;
+            }
+            if name.starts_with('.') {
+                col.add(
+                    "stray_file",
+                    Severity::Warning,
+                    &r,
+                    "unknown hidden file".into(),
+                    "remove it if nothing of yours needs it",
+                    false,
+                );
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".json") else {
+                col.add(
+                    "stray_file",
+                    Severity::Error,
+                    &r,
+                    "not a `<id>.json` file".into(),
+                    "move it to quarantine/",
+                    true,
+                );
+                continue;
+            };
+            let Ok(id) = TaskId::new(stem) else {
+                col.add(
+                    "stray_file",
+                    Severity::Error,
+                    &r,
+                    "file name is not a valid id".into(),
+                    "move it to quarantine/",
+                    true,
+                );
+                continue;
+            };
+            if is_agents {
+                if let Err(e) = c.agent(stem) {
+                    let newer = matches!(e, Error::NewerSchema { .. });
+                    col.add(
+                        if newer {
+                            "newer_schema"
+                        } else {
+                            "corrupt_file"
+                        },
+                        if newer {
+                            Severity::Warning
+                        } else {
+                            Severity::Error
+                        },
+                        &r,
+                        e.to_string(),
+                        if newer {
+                            "upgrade orchestrate; nothing is changed"
+                        } else {
+                            "move it to quarantine/ (the agent registers again)"
+                        },
+                        !newer,
+                    );
+                }
+                continue;
+            }
+            match store::read_task(&path, &id) {
+                Ok(Some(t)) => {
+                    tasks.insert(id, t);
+                }
+                Ok(None) => {}
+                Err(e @ Error::NewerSchema { .. }) => col.add(
+                    "newer_schema",
+                    Severity::Warning,
+                    &r,
+                    e.to_string(),
+                    "upgrade orchestrate; the file is left as it is",
+                    false,
+                ),
+                Err(e) => col.add(
+                    "corrupt_file",
+                    Severity::Error,
+                    &r,
+                    e.to_string(),
+                    "move it to quarantine/ with a note; recreate the task if it matters",
+                    true,
+                ),
+            }
+        }
+    }
+
+    // 2. Per-task checks.
+    let mut ids: Vec<&TaskId> = tasks.keys().collect();
+    ids.sort();
+    for id in &ids {
+        let t = &tasks[*id];
+        let r = format!("tasks/{id}.json");
+        if let Some(p) = invariant_problem(t) {
+            col.add(
+                "invalid_fields",
+                Severity::Error,
+                &r,
+                p,
+                "edit the file by hand, or cancel and recreate the task",
+                false,
+            );
+        }
+        for d in &t.dependencies {
+            if !tasks.contains_key(d) {
+                let pending = t.status == Status::Pending;
+                col.add(
+                    "dangling_dependency",
+                    if pending { Severity::Error } else { Severity::Warning },
+                    &r,
+                    format!("depends on `{d}`, which does not exist"),
+                    if pending { "block it (`--fix`), then recreate the dependency and `retry` it, or cancel it" } else { "nothing to do while the task is not pending" },
+                    pending,
+                );
+            }
+        }
+        if t.status == Status::Pending {
+            let failed = t.dependencies.iter().find(|d| {
+                tasks
+                    .get(*d)
+                    .is_some_and(|x| x.status.is_failed_for_good() || x.status == Status::Blocked)
+            });
+            if let Some(d) = failed {
+                col.add(
+                    "should_be_blocked",
+                    Severity::Error,
+                    &r,
+                    format!("pending, but its dependency `{d}` is {}", tasks[d].status),
+                    "mark it blocked (as the spec requires)",
+                    true,
+                );
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&tasks) {
+        let names: Vec<String> = cycle.iter().map(|x| x.to_string()).collect();
+        col.add(
+            "dependency_cycle",
+            Severity::Error,
+            &format!("tasks/{}.json", cycle[0]),
+            format!("dependency cycle: {}", names.join(" -> ")),
+            "cancel one task of the cycle",
+            false,
+        );
+    }
+
+    // 3. The derived index.
+    if !c.index_is_current() {
+        col.add(
+            "index_missing",
+            Severity::Warning,
+            "index/version",
+            "the index is missing, from another version, or from before the last boot".into(),
+            "rebuild it (any mutation does this too)",
+            true,
+        );
+    } else {
+        let (ready, leases) = c.index_contents()?;
+        for id in &ids {
+            let t = &tasks[*id];
+            let deps_done = t
+                .dependencies
+                .iter()
+                .all(|d| tasks.get(d).is_some_and(|x| x.status == Status::Completed));
+            let missing = match t.status {
+                Status::Pending if deps_done => !ready.contains(*id),
+                Status::Claimed => !leases.contains(*id),
+                _ => false,
+            };
+            if missing {
+                col.add(
+                    "index_stale",
+                    Severity::Error,
+                    "index/",
+                    format!(
+                        "task `{id}` ({}) is missing from the index, so no claim would find it",
+                        t.status
+                    ),
+                    "rebuild the index",
+                    true,
+                );
+            }
+        }
+    }
+
+    // 4. The event log: a torn line is history damage, not task damage.
+    if let Ok(text) = std::fs::read(c.layout().events()) {
+        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.is_empty() {
+                continue;
+            }
+            if serde_json::from_slice::<serde_json::Value>(l).is_err() {
+                col.add(
+                    "torn_event",
+                    Severity::Warning,
+                    "events.jsonl",
+                    format!(
+                        "line {} is not JSON (a crash in the middle of an append); readers skip it",
+                        i + 1
+                    ),
+                    "nothing to do",
+                    false,
+                );
+            }
+        }
+    }
+
+    // 5. Repairs, under the lock.
+    if fix && col.findings.iter().any(|f| f.fixable) {
+        fix_all(c, &root, &mut col)?;
+    }
+    let clean = !col
+        .findings
+        .iter()
+        .any(|f| f.severity == Severity::Error && !f.fixed);
+    Ok(Report {
+        findings: col.findings,
+        tasks_checked: tasks.len(),
+        clean,
+    })
+}
+
+fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
+    // File moves and removals first, holding the lock.
+    c.locked(|| {
+        for f in col.findings.iter_mut().filter(|f| f.fixable) {
+            let path = root.join(&f.file);
+            let done = match f.kind.as_str() {
+                "orphan_temp" => std::fs::remove_file(&path).is_ok(),
+                "orphan_index_build" => std::fs::remove_dir_all(&path).is_ok(),
+                "corrupt_file" | "symlink" | "stray_file" => {
+                    quarantine(root, &path, &f.message).is_ok()
+                }
+                _ => false,
+            };
+            f.fixed = done;
+        }
+        Ok(())
+    })?;
+    // Then protocol-level repairs: the mutation prologue rolls back an
+    // unfinished batch and rebuilds a missing index.
+    let needs_rebuild = col.findings.iter().any(|f| {
+        f.fixable
+            && matches!(
+                f.kind.as_str(),
+                "index_stale"
+                    | "index_missing"
+                    | "unfinished_batch"
+                    | "corrupt_file"
+                    | "symlink"
+                    | "stray_file"
+            )
+    });
+    if needs_rebuild {
+        c.reindex()?;
+        for f in col.findings.iter_mut() {
+            if matches!(
+                f.kind.as_str(),
+                "index_stale" | "index_missing" | "unfinished_batch"
+            ) {
+                f.fixed = true;
+            }
+        }
+    }
+    if col.findings.iter().any(|f| {
+        matches!(f.kind.as_str(), "should_be_blocked" | "dangling_dependency") && f.fixable
+    }) {
+        c.repair_blocked()?;
+        for f in col.findings.iter_mut() {
+            if matches!(f.kind.as_str(), "should_be_blocked" | "dangling_dependency") && f.fixable {
+                f.fixed = true;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `orchestrate doctor [--fix]`: findings, repairs, exit codes.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orchestrate")
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let e = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        e.run(&["init", "g"], 0);
+        e
+    }
+    fn coord(&self) -> PathBuf {
+        self.dir.path().join(".coordination")
+    }
+    fn run(&self, args: &[&str], code: i32) -> String {
+        let out = Command::new(bin())
+            .current_dir(self.dir.path())
+            .env_remove("COORDINATION_DIR")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn doctor(&self, fix: bool, code: i32) -> Value {
+        let mut args = vec!["doctor", "--json"];
+        if fix {
+            args.push("--fix");
+        }
+        serde_json::from_str(&self.run(&args, code)).unwrap()
+    }
+}
+
+fn kinds(r: &Value) -> Vec<String> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn clean_directory_is_clean() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    e.run(&["create-task", "b", "--id", "b", "-d", "a"], 0);
+    e.run(&["claim", "--agent", "x"], 0);
+    let r = e.doctor(false, 0);
+    assert_eq!(r["clean"], true);
+    assert_eq!(r["tasks_checked"], 2);
+    assert!(kinds(&r).is_empty(), "{r:#}");
+}
+
+#[test]
+fn damage_is_reported_then_fixed_without_losing_a_readable_task() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    std::fs::write(
+        e.coord().join("tasks/broken.json"),
+        b"{\"schema_version\": 1, \"id\": \"bro",
+    )
+    .unwrap();
+    std::fs::write(e.coord().join("tasks/.tmp-write"), b"half").unwrap();
+    let outside = e.dir.path().join("outside.txt");
+    std::fs::write(&outside, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&outside, e.coord().join("tasks/link.json")).unwrap();
+    let r = e.doctor(false, 65);
+    let k = kinds(&r);
+    for want in ["corrupt_file", "orphan_temp", "symlink"] {
+        assert!(k.iter().any(|x| x == want), "{want} missing in {k:?}");
+    }
+    // Without --fix nothing changes.
+    assert!(e.coord().join("tasks/broken.json").exists());
+    let r = e.doctor(true, 0);
+    assert_eq!(r["clean"], true, "{r:#}");
+    assert!(r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["fixed"] == true));
+    assert!(!e.coord().join("tasks/broken.json").exists());
+    assert!(!e.coord().join("tasks/.tmp-write").exists());
+    assert!(std::fs::symlink_metadata(e.coord().join("tasks/link.json")).is_err());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+    let q: Vec<String> = std::fs::read_dir(e.coord().join("quarantine"))
+        .unwrap()
+        .map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        q.iter()
+            .any(|n| n.starts_with("broken.json.") && n.ends_with(".note")),
+        "{q:?}"
+    );
+    let note = q
+        .iter()
+        .find(|n| n.starts_with("broken.json.") && n.ends_with(".note"))
+        .unwrap();
+    assert!(
+        std::fs::read_to_string(e.coord().join("quarantine").join(note))
+            .unwrap()
+            .contains("invalid JSON")
+    );
+    // The readable task is still there and claimable.
+    let v: Value = serde_json::from_str(&e.run(&["claim", "--agent", "x", "--json"], 0)).unwrap();
+    assert_eq!(v["task"]["id"], "a");
+    assert_eq!(e.doctor(false, 0)["clean"], true);
+}
+
+#[test]
+fn a_stale_index_is_found_and_rebuilt() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    // Lose the ready entry, as a foreign writer that ignores the index might.
+    for ent in std::fs::read_dir(e.coord().join("index/ready")).unwrap() {
+        std::fs::write(ent.unwrap().path(), b"").unwrap();
+    }
+    assert!(kinds(&e.doctor(false, 65)).contains(&"index_stale".to_string()));
+    e.doctor(true, 0);
+    let v: Value = serde_json::from_str(&e.run(&["claim", "--agent", "x", "--json"], 0)).unwrap();
+    assert_eq!(v["task"]["id"], "a");
+}
+
+#[test]
+fn pending_task_with_a_dead_dependency_gets_blocked() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    e.run(&["create-task", "b", "--id", "b", "-d", "a"], 0);
+    // Make `a` dead behind the protocol's back, as a crash in the middle of
+    // blocking propagation would leave it.
+    let p = e.coord().join("tasks/a.json");
+    let mut a: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    a["status"] = "dead".into();
+    a["attempts"] = 0.into();
+    std::fs::write(&p, serde_json::to_vec_pretty(&a).unwrap()).unwrap();
+    let r = e.doctor(false, 65);
+    assert!(
+        kinds(&r).contains(&"should_be_blocked".to_string()),
+        "{r:#}"
+    );
+    e.doctor(true, 0);
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(e.coord().join("tasks/b.json")).unwrap()).unwrap();
+    assert_eq!(b["status"], "blocked");
+}
+
+#[test]
+fn a_newer_schema_file_is_a_warning_and_left_untouched() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    let p = e.coord().join("tasks/future.json");
+    let body = br#"{"schema_version": 2, "id": "future", "whatever": true}"#;
+    std::fs::write(&p, body).unwrap();
+    let r = e.doctor(true, 0);
+    assert_eq!(kinds(&r), vec!["newer_schema"]);
+    assert_eq!(r["findings"][0]["severity"], "warning");
+    assert_eq!(std::fs::read(&p).unwrap(), body);
+    let _ = Path::new("");
+}

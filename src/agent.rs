@@ -238,7 +238,9 @@ fn log_paths(a: &Attempt<'_>, ext: &str) -> Result<(PathBuf, String)> {
 }
 
 fn create_log(path: &Path) -> Result<File> {
-    File::create(path).map_err(|e| Error::io("create log file", path, e))
+    let f = File::create(path).map_err(|e| Error::io("create log file", path, e))?;
+    crate::store::set_file_mode(&f, path)?;
+    Ok(f)
 }
 
 /// Runs one attempt with the configured adapter.

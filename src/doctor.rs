@@ -111,8 +111,7 @@ fn quarantine(root: &Path, path: &Path, reason: &str) -> Result<PathBuf> {
         clock::format(&chrono::Utc::now()),
         path.display()
     );
-    std::fs::write(q.join(format!("{name}.{stamp}.note")), note)
-        .map_err(|e| Error::io("write note", &q, e))?;
+    store::write_plain(&q.join(format!("{name}.{stamp}.note")), note.as_bytes())?;
     Ok(target)
 }
 

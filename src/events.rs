@@ -85,7 +85,7 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
@@ -96,6 +96,7 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     {
         return Err(Error::corrupt(path, "is not a regular file"));
     }
+    crate::store::set_file_mode(&f, path)?;
     for ev in events {
         let mut line = serde_json::to_vec(ev).map_err(|e| Error::Other(e.to_string()))?;
         line.push(b'\n');

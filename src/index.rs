@@ -50,9 +50,11 @@ fn append_line(p: &Path, line: &str) -> Result<()> {
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(p)
         .map_err(io("open index file", p))?;
+    crate::store::set_file_mode(&f, p)?;
     f.write_all(format!("{line}\n").as_bytes())
         .map_err(io("append to index file", p))
 }
@@ -320,7 +322,7 @@ impl Index {
 
     pub fn set_next_seq(&self, n: u64) -> Result<()> {
         let p = self.root.join("next_seq");
-        std::fs::write(&p, format!("{n}\n")).map_err(io("write", &p))
+        crate::store::write_plain(&p, format!("{n}\n").as_bytes())
     }
 
     /// Builds a complete index for `tasks` in a fresh directory next to
@@ -336,7 +338,7 @@ impl Index {
         }
         for sub in ["ready", "dependents"] {
             let d = tmp.join(sub);
-            std::fs::create_dir_all(&d).map_err(io("create directory", &d))?;
+            crate::store::create_dir(&d)?;
         }
         let fresh = Index::new(tmp.clone());
         let by_id: std::collections::HashMap<&TaskId, &Task> =
@@ -378,7 +380,7 @@ impl Index {
             if !s.is_empty() {
                 s.push('\n');
             }
-            std::fs::write(&p, s).map_err(|e| Error::io("write", &p, e))
+            crate::store::write_plain(&p, s.as_bytes())
         };
         for (b, mut lines) in ready {
             lines.sort();
@@ -391,8 +393,10 @@ impl Index {
         write(tmp.join("waiting"), &waiting)?;
         write(tmp.join("leases"), &leases)?;
         fresh.set_next_seq(max_seq + 1)?;
-        std::fs::write(tmp.join("version"), format!("{}\n", Self::version_line()))
-            .map_err(io("write", &tmp))?;
+        crate::store::write_plain(
+            &tmp.join("version"),
+            format!("{}\n", Self::version_line()).as_bytes(),
+        )?;
         if self.root.exists() {
             std::fs::rename(&self.root, &old).map_err(io("rename", &self.root))?;
         }

@@ -38,7 +38,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o660)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| {
@@ -50,6 +50,10 @@ fn open_lock_file(path: &Path) -> Result<File> {
             } else {
                 Error::io("open lock file", path, e)
             }
+        })
+        .inspect(|f| {
+            // Only the owner can chmod; everyone else just uses the file.
+            let _ = crate::store::set_file_mode(f, path);
         })
 }
 

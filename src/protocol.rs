@@ -165,11 +165,29 @@ impl Coordination {
     /// [`Error::Io`] when the directory cannot be made; [`Error::Corrupt`] or
     /// [`Error::NewerSchema`] for an unusable existing config.
     pub fn init(dir: impl Into<PathBuf>, goal: Option<String>) -> Result<(Self, bool)> {
+        Self::init_with(dir, goal, false)
+    }
+
+    /// As [`Coordination::init`]; with `group_shared` the directory is made
+    /// `2775` first, so that everything created in it is group-writable and
+    /// inherits its group (`spec` section 4.7).
+    ///
+    /// # Errors
+    /// As [`Coordination::init`].
+    pub fn init_with(
+        dir: impl Into<PathBuf>,
+        goal: Option<String>,
+        group_shared: bool,
+    ) -> Result<(Self, bool)> {
         let layout = Layout::new(dir.into());
         // The directory itself may be a symlink (to shared storage); only
         // what is inside it must not be.
-        std::fs::create_dir_all(layout.root())
-            .map_err(|e| Error::io("create directory", layout.root(), e))?;
+        if !layout.root().exists() {
+            store::create_dir(layout.root())?;
+        }
+        if group_shared {
+            store::make_group_shared(layout.root())?;
+        }
         let _guard = lock::acquire(
             &layout.lock(),
             Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),

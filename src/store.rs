@@ -14,6 +14,59 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Permission bits for a file created in `dir` (`spec` section 4.7):
+/// `0644`, plus group write when `dir` is group-writable (a directory shared
+/// by a group, `init --group-shared`). Never world-writable, whatever the
+/// umask: the bits are set with fchmod after creation.
+pub fn file_mode_for(dir: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let group = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o020 != 0);
+    if group {
+        0o664
+    } else {
+        0o644
+    }
+}
+
+/// Sets `f`'s permission bits to [`file_mode_for`] its directory.
+///
+/// # Errors
+/// [`Error::Io`] when fchmod fails.
+pub fn set_file_mode(f: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mode = file_mode_for(dir);
+    let cur = f
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if cur != mode {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod", path, e))?;
+    }
+    Ok(())
+}
+
+/// Writes a whole small file that is not part of the atomic-write protocol
+/// (index files, notes), with [`file_mode_for`] its directory.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn write_plain(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io("write", path, e))?;
+    set_file_mode(&f, path)?;
+    f.write_all(bytes).map_err(|e| Error::io("write", path, e))
+}
+
 /// Largest task or config file read, in bytes (16 MiB). Larger files are
 /// refused as corrupt instead of being loaded into memory.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -179,10 +232,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool)
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| Error::io("create temp file", &tmp, e))?;
+        set_file_mode(&f, path)?;
         f.write_all(bytes)
             .map_err(|e| Error::io("write", &tmp, e))?;
         crate::faults::point("after_temp_write");
@@ -217,9 +271,47 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         )),
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Error::corrupt(dir, "is not a directory")),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => create_dir(dir),
         Err(e) => Err(Error::io("stat", dir, e)),
     }
+}
+
+/// Creates `dir` (and missing parents) with `0755`, or `2775` when its parent
+/// is group-writable (shared by a group), set explicitly so the umask does
+/// not decide (`spec` section 4.7).
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn create_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        create_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io("create directory", dir, e)),
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let mode = if file_mode_for(parent) == 0o664 {
+        0o2775
+    } else {
+        0o755
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("chmod", dir, e))
+}
+
+/// Makes `dir` shared by its group: `2775` (setgid, so files inherit the
+/// group; group-writable, so files get `0664`). `init --group-shared`.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn make_group_shared(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2775))
+        .map_err(|e| Error::io("chmod", dir, e))
 }

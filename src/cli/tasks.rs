@@ -26,6 +26,9 @@ pub struct InitArgs {
     /// Overwrite an existing configuration file
     #[arg(long)]
     pub force: bool,
+    /// Share the directory with its group: 2775 (setgid), files 0664. chgrp it to the team's group first, or create it inside a setgid directory of that group
+    #[arg(long)]
+    pub group_shared: bool,
 }
 
 #[derive(Debug, Args)]
@@ -233,7 +236,7 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
             .into());
         }
     }
-    let (c, created) = Coordination::init(&d, a.goal.clone())?;
+    let (c, created) = Coordination::init_with(&d, a.goal.clone(), a.group_shared)?;
     let mut config_file = None;
     if let Some(out) = &a.output {
         let wd = match &a.cwd {

@@ -97,10 +97,25 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
         return Err(Error::corrupt(path, "is not a regular file"));
     }
     crate::store::set_file_mode(&f, path)?;
+    // A crash in the middle of an append leaves a torn last line: start on a
+    // new line so that the torn one stays the only casualty.
+    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    if len > 0 {
+        use std::os::unix::fs::FileExt;
+        let mut last = [0u8; 1];
+        if f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n' {
+            f.write_all(b"\n")
+                .map_err(|e| Error::io("append", path, e))?;
+        }
+    }
     for ev in events {
         let mut line = serde_json::to_vec(ev).map_err(|e| Error::Other(e.to_string()))?;
         line.push(b'\n');
         crate::faults::point("before_event_append");
+        if crate::faults::armed("mid_event_append") {
+            let _ = f.write_all(&line[..line.len() / 2]);
+            std::process::abort();
+        }
         f.write_all(&line)
             .map_err(|e| Error::io("append", path, e))?;
     }
@@ -114,10 +129,8 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] when the file exists but cannot be read.
 pub fn read_all(path: &Path) -> Result<Vec<Event>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("open", path, e)),
+    let Some(f) = open_for_reading(path)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for line in BufReader::new(f).split(b'\n') {
@@ -127,4 +140,35 @@ pub fn read_all(path: &Path) -> Result<Vec<Event>> {
         }
     }
     Ok(out)
+}
+
+/// Opens the log for reading without following a symlink or blocking on a
+/// FIFO; `Ok(None)` when it does not exist.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`].
+pub fn open_for_reading(path: &Path) -> Result<Option<std::fs::File>> {
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::corrupt(
+                path,
+                "is a symlink; symlinks inside .coordination/ are refused",
+            ))
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    if !f
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .is_file()
+    {
+        return Err(Error::corrupt(path, "is not a regular file"));
+    }
+    Ok(Some(f))
 }

@@ -59,21 +59,31 @@ fn mermaid_id(id: &str) -> String {
     out
 }
 
-/// A Mermaid flowchart with one class per state.
+/// A Mermaid flowchart with one class per state. Node ids are derived from
+/// task ids and made unique (`a.b` and `a_b` would otherwise collide).
 pub fn to_mermaid(tasks: &[Task]) -> String {
+    let mut ids: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for t in tasks {
+        let base = mermaid_id(t.id.as_str());
+        let mut cand = base.clone();
+        let mut n = 2;
+        while used.contains(&cand) {
+            cand = format!("{base}_{n}");
+            n += 1;
+        }
+        used.insert(cand.clone());
+        ids.insert(t.id.as_str(), cand);
+    }
+    let node = |id: &str| ids.get(id).cloned().unwrap_or_else(|| mermaid_id(id));
     let mut s = String::from("flowchart LR\n");
     for t in tasks {
         let l = label(t).replace('"', "#quot;").replace('\n', "<br/>");
-        let _ = writeln!(s, "  {}[\"{l}\"]:::{}", mermaid_id(t.id.as_str()), t.status);
+        let _ = writeln!(s, "  {}[\"{l}\"]:::{}", node(t.id.as_str()), t.status);
     }
     for t in tasks {
         for d in &t.dependencies {
-            let _ = writeln!(
-                s,
-                "  {} --> {}",
-                mermaid_id(d.as_str()),
-                mermaid_id(t.id.as_str())
-            );
+            let _ = writeln!(s, "  {} --> {}", node(d.as_str()), node(t.id.as_str()));
         }
     }
     for st in Status::ALL {

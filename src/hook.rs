@@ -202,13 +202,24 @@ pub struct HookOutput {
     pub stdout: Option<Value>,
 }
 
-fn commands(t: &Task) -> String {
+/// Single-quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn commands(c: &Coordination, t: &Task) -> String {
+    // `--dir` with the absolute path: the session's shell may be in a
+    // subdirectory or another worktree.
+    let o = format!(
+        "orchestrate --dir {}",
+        shell_quote(&c.layout().root().display().to_string())
+    );
     format!(
-        "- when done: `orchestrate complete {id} --token {tok} --result \"<one-paragraph summary>\"`\n\
-- if you cannot do it: `orchestrate fail {id} --token {tok} --error \"<why>\"`\n\
-- to hand it back untouched: `orchestrate release {id} --token {tok}`\n\
-- during long work (keeps your lease): `orchestrate heartbeat {id} --token {tok}`\n\
-- to add follow-up work: `orchestrate create-task \"<description>\" -p <1-10> [-d {id}]`",
+        "- when done: `{o} complete {id} --token {tok} --result \"<one-paragraph summary>\"`\n\
+- if you cannot do it: `{o} fail {id} --token {tok} --error \"<why>\"`\n\
+- to hand it back untouched: `{o} release {id} --token {tok}`\n\
+- during long work (keeps your lease): `{o} heartbeat {id} --token {tok}`\n\
+- to add follow-up work: `{o} create-task \"<description>\" -p <1-10> [-d {id}]`",
         id = t.id,
         tok = t.fencing_token
     )
@@ -291,7 +302,7 @@ pub fn handle(
                     text += &format!(
                         "\nYou hold this task:\n{}\nCommands:\n{}",
                         describe(t),
-                        commands(t)
+                        commands(c, t)
                     );
                 }
             }
@@ -311,7 +322,7 @@ pub fn handle(
                     format!(
                         "Reminder: you hold {} Report it with the commands:\n{}",
                         describe(t),
-                        commands(t)
+                        commands(c, t)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -382,7 +393,7 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
                 "reason": format!(
                     "You still hold a task from the shared queue that is not reported yet.\n{}\nFinish it, then run exactly one of:\n{}",
                     describe(t),
-                    commands(t)
+                    commands(c, t)
                 ),
             })),
         });
@@ -409,7 +420,7 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
                         "Next task from the shared queue (claimed for you as agent `{}`):\n{}\nDo it now. Then run exactly one of:\n{}",
                         o.agent,
                         describe(&t),
-                        commands(&t)
+                        commands(c, &t)
                     ),
                 })),
             })

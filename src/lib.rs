@@ -49,7 +49,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{Backoff, Config, Durability};
 pub use error::{Error, Result};
 pub use protocol::{
-    resolve_dir, BatchIds, ClaimOutcome, ClaimRequest, Coordination, Listing, NotReady,
+    init_dir, resolve_dir, BatchIds, ClaimOutcome, ClaimRequest, Coordination, Listing, NotReady,
     NotReadyReason, Reaped, StatusReport,
 };
 pub use task::{Context, NewTask, Status, Task, TaskId};

@@ -201,7 +201,10 @@ impl Coordination {
                 let now = SystemClock.now();
                 let cfg = Config::new(goal.unwrap_or_default(), now);
                 store::write_atomic(&layout.config(), &store::to_pretty(&cfg)?, true, true)?;
-                events::append(&layout.events(), &[Event::new("initialized", now)])?;
+                if let Err(e) = events::append(&layout.events(), &[Event::new("initialized", now)])
+                {
+                    tracing::warn!(error = %e, "could not append to events.jsonl");
+                }
                 true
             }
         };
@@ -216,7 +219,11 @@ impl Coordination {
     /// [`Error::NotInitialized`] when there is no `config.json`;
     /// [`Error::Corrupt`]/[`Error::NewerSchema`] for a bad one.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
-        let layout = Layout::new(dir.into());
+        // Absolute, so that agent processes started in another working
+        // directory get a path that still points here.
+        let dir: PathBuf = dir.into();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let layout = Layout::new(dir);
         let config = store::read_config(&layout.config())?
             .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
         refuse_symlinked_dirs(&layout)?;
@@ -358,11 +365,24 @@ impl Coordination {
             let next = match self.claim(req) {
                 Ok(ClaimOutcome::Claimed(t)) => return Ok(ClaimOutcome::Claimed(t)),
                 Ok(ClaimOutcome::NothingReady(nr)) => nr.next_ready_at,
-                Err(Error::WrongState { ref status, .. })
-                    if req.task_id.is_some() && status == "pending" =>
-                {
-                    self.get(req.task_id.as_deref().unwrap_or_default())?
-                        .not_before
+                Err(e @ Error::WrongState { .. }) => {
+                    // A named task that is pending and can still become
+                    // ready (dependencies not failed, tags matching) is
+                    // waited for; anything else is the answer.
+                    let Some(id) = req.task_id.as_deref() else {
+                        return Err(e);
+                    };
+                    let t = self.get(id)?;
+                    let tags_ok = req.tags.iter().all(|x| t.context.tags.contains(x));
+                    let deps_ok = t.dependencies.iter().all(|d| {
+                        self.get(d.as_str()).is_ok_and(|x| {
+                            !x.status.is_failed_for_good() && x.status != Status::Blocked
+                        })
+                    });
+                    if t.status != Status::Pending || !tags_ok || !deps_ok {
+                        return Err(e);
+                    }
+                    t.not_before
                 }
                 Err(e) => return Err(e),
             };
@@ -1653,8 +1673,31 @@ fn refuse_symlinked_dirs(layout: &Layout) -> Result<()> {
 }
 
 /// Finds the coordination directory: `explicit` if given, else
-/// `$COORDINATION_DIR`, else `./.coordination` (DESIGN.md section 7).
+/// `$COORDINATION_DIR`, else the nearest `.coordination/` with a
+/// `config.json` in the current directory or above it (as git finds
+/// `.git`), else `./.coordination` (DESIGN.md section 7; `spec` section 2).
 pub fn resolve_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("COORDINATION_DIR").filter(|s| !s.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(found) = cwd
+            .ancestors()
+            .map(|d| d.join(layout::DEFAULT_DIR))
+            .find(|d| d.join("config.json").is_file())
+        {
+            return found;
+        }
+    }
+    PathBuf::from(layout::DEFAULT_DIR)
+}
+
+/// The directory `init` creates: `explicit`, else `$COORDINATION_DIR`, else
+/// `./.coordination` (no search upwards: `init` makes a new one here).
+pub fn init_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();
     }

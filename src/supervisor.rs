@@ -354,12 +354,33 @@ fn run_attempt(
                 agent_id: o.agent_id.clone(),
             });
         }
-        Err(Error::LeaseLost { .. }) => {
-            summary.lease_lost += 1;
-            (s.progress)(Progress::LeaseLost {
-                task_id: t.id.clone(),
-                agent_id: o.agent_id.clone(),
-            });
+        Err(Error::LeaseLost { .. }) | Err(Error::WrongState { .. }) => {
+            // The agent may have reported the task itself (`orchestrate
+            // complete` from inside the task, as the prompt allows): then the
+            // task carries our token and is done; otherwise the lease was lost.
+            match c.get(t.id.as_str()) {
+                Ok(now)
+                    if now.fencing_token == t.fencing_token && now.status != Status::Claimed =>
+                {
+                    if now.status == Status::Completed {
+                        summary.completed += 1;
+                    } else {
+                        summary.failed += 1;
+                    }
+                    tracing::info!(status = %now.status, "the agent reported the task itself");
+                    (s.progress)(Progress::Finished {
+                        task: Box::new(now),
+                        agent_id: o.agent_id.clone(),
+                    });
+                }
+                _ => {
+                    summary.lease_lost += 1;
+                    (s.progress)(Progress::LeaseLost {
+                        task_id: t.id.clone(),
+                        agent_id: o.agent_id.clone(),
+                    });
+                }
+            }
         }
         Err(e) => return Err(e),
     }

@@ -145,10 +145,7 @@ fn stop_claims_the_next_task_then_insists_on_a_report_then_lets_go() {
     let out = out.unwrap();
     assert_eq!(out["decision"], "block");
     let reason = out["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("orchestrate complete one --token 1"),
-        "{reason}"
-    );
+    assert!(reason.contains("complete one --token 1"), "{reason}");
     let t = p.task("one");
     assert_eq!(t["status"], "claimed");
     assert_eq!(t["claimed_by"], "sess-a");
@@ -261,12 +258,11 @@ fn two_sessions_share_a_dag_and_complete_every_task_exactly_once() {
             assert_eq!(code, 0);
             if let Some(v) = out.filter(|v| v["decision"] == "block") {
                 let reason = v["reason"].as_str().unwrap();
-                let line = reason
-                    .lines()
-                    .find(|l| l.contains("orchestrate complete"))
-                    .unwrap();
+                let line = reason.lines().find(|l| l.contains("when done:")).unwrap();
                 let words: Vec<&str> = line.split('`').nth(1).unwrap().split_whitespace().collect();
-                let (id, token) = (words[2], words[4]);
+                assert_eq!(words[1], "--dir", "commands carry the directory: {line}");
+                let at = words.iter().position(|w| *w == "complete").unwrap();
+                let (id, token) = (words[at + 1], words[at + 3]);
                 p.cmd()
                     .args([
                         "complete",

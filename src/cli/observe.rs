@@ -150,10 +150,8 @@ impl Tail {
     }
 
     fn read(&mut self) -> Result<Vec<Event>> {
-        let mut f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("open {}", self.path.display())),
+        let Some(mut f) = orchestrate::events::open_for_reading(&self.path)? else {
+            return Ok(Vec::new());
         };
         let len = f.metadata()?.len();
         if len < self.offset {

@@ -349,6 +349,10 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
             None => p.working_dir.join(".coordination"),
         },
     };
+    // Before anything is created: a missing agent binary is a usage error.
+    if p.spec.kind == AgentKind::Claude {
+        orchestrate::agent::check_claude(&p.spec.claude)?;
+    }
     let run_id = supervisor::new_run_id();
     let (c, _) = Coordination::init(&dir, Some(p.goal.clone()))?;
     let mut c = c.with_correlation_id(Some(run_id.clone()));

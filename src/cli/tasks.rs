@@ -225,7 +225,7 @@ fn print_task(g: &Global, t: &Task, human: impl FnOnce() -> String) -> Result<u8
 }
 
 pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
-    let d = dir(g);
+    let d = orchestrate::init_dir(g.dir.as_deref());
     // Validate the config file target before touching anything.
     if let Some(out) = &a.output {
         if out.exists() && !a.force {

@@ -83,6 +83,7 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     // O_NONBLOCK: a FIFO planted in place of the log must not hang a writer
     // that holds the lock; it is refused below as not a regular file.
     let mut f = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o600)

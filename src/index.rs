@@ -27,8 +27,8 @@
 
 use crate::error::{Error, Result};
 use crate::task::{Task, TaskId};
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -46,32 +46,88 @@ fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error
     move |e| Error::io(op, p, e)
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    Read,
+    Append,
+    Write,
+}
+
+/// Opens an index file without following a symlink or blocking on a FIFO.
+/// Something planted there (a symlink, a FIFO, a directory) is removed, the
+/// index is marked stale so the next mutation rebuilds it, and the open is
+/// retried (append) or treated as absent (read, rewrite): the index is
+/// derived, so nothing is lost. `Ok(None)` when there is no file.
+fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
+    for attempt in 0..2 {
+        let mut o = OpenOptions::new();
+        match access {
+            Access::Read => o.read(true),
+            Access::Append => o.append(true).create(true).mode(0o600),
+            Access::Write => o.write(true),
+        };
+        let planted = match o
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(p)
+        {
+            Ok(f) => {
+                if f.metadata().map_err(io("stat", p))?.is_file() {
+                    if access == Access::Append {
+                        crate::store::set_file_mode(&f, p)?;
+                    }
+                    return Ok(Some(f));
+                }
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ELOOP)
+                    || e.raw_os_error() == Some(libc::EISDIR) =>
+            {
+                true
+            }
+            Err(e) => return Err(Error::io("open index file", p, e)),
+        };
+        if planted && attempt == 0 {
+            tracing::warn!(path = %p.display(), "not a regular file in index/; removing it and rebuilding the index");
+            if std::fs::remove_file(p).is_err() {
+                let _ = std::fs::remove_dir_all(p);
+            }
+            if let Some(root) = p
+                .ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "index"))
+            {
+                let _ = std::fs::remove_file(root.join("version"));
+            }
+            if access != Access::Append {
+                return Ok(None);
+            }
+        }
+    }
+    Err(Error::corrupt(p, "cannot be replaced by a regular file"))
+}
+
 fn append_line(p: &Path, line: &str) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)
-        .map_err(io("open index file", p))?;
-    crate::store::set_file_mode(&f, p)?;
+    let Some(mut f) = open_index_file(p, Access::Append)? else {
+        return Err(Error::corrupt(p, "cannot be created"));
+    };
     f.write_all(format!("{line}\n").as_bytes())
         .map_err(io("append to index file", p))
 }
 
 fn read_lines(p: &Path) -> Result<Vec<String>> {
-    match std::fs::read_to_string(p) {
-        Ok(t) => Ok(t
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
-        // Not UTF-8: junk in a derived file; treat as empty (the caller's
-        // superset checks and a rebuild recover).
-        Err(e) if e.kind() == ErrorKind::InvalidData => Ok(Vec::new()),
-        Err(e) => Err(Error::io("read index file", p, e)),
-    }
+    let Some(mut f) = open_index_file(p, Access::Read)? else {
+        return Ok(Vec::new());
+    };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(io("read index file", p))?;
+    // Not UTF-8: junk in a derived file; treat as empty (the callers'
+    // superset checks and a rebuild recover).
+    let t = String::from_utf8(buf).unwrap_or_default();
+    Ok(t.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// Rewrites `p` with `lines` without making a new inode: write from offset
@@ -79,14 +135,8 @@ fn read_lines(p: &Path) -> Result<Vec<String>> {
 /// ones, which is a superset, as the protocol allows.
 fn rewrite_lines(p: &Path, lines: &[String]) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let f = match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("open index file", p, e)),
+    let Some(f) = open_index_file(p, Access::Write)? else {
+        return Ok(());
     };
     let mut buf = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for l in lines {
@@ -154,7 +204,7 @@ impl Index {
     /// True when the index exists in the version this code writes and was
     /// built since the last boot.
     pub fn is_current(&self) -> bool {
-        matches!(std::fs::read_to_string(self.root.join("version")), Ok(s) if s.trim() == Self::version_line().trim())
+        matches!(read_lines(&self.root.join("version")), Ok(l) if l.first().map(|x| x.trim()) == Some(Self::version_line().trim()))
     }
 
     fn bucket_name(t: &Task) -> String {
@@ -314,15 +364,26 @@ impl Index {
 
     pub fn next_seq(&self) -> Result<u64> {
         let p = self.root.join("next_seq");
-        let s = std::fs::read_to_string(&p).map_err(io("read", &p))?;
-        s.trim()
-            .parse()
-            .map_err(|_| Error::corrupt(&p, "not a number (the index will be rebuilt)"))
+        read_lines(&p)?
+            .first()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::corrupt(&p, "missing or not a number (the index will be rebuilt)")
+            })
     }
 
     pub fn set_next_seq(&self, n: u64) -> Result<()> {
         let p = self.root.join("next_seq");
-        crate::store::write_plain(&p, format!("{n}\n").as_bytes())
+        match open_index_file(&p, Access::Write)? {
+            Some(f) => {
+                use std::os::unix::fs::FileExt;
+                let line = format!("{n}\n");
+                f.write_all_at(line.as_bytes(), 0)
+                    .map_err(io("write", &p))?;
+                f.set_len(line.len() as u64).map_err(io("truncate", &p))
+            }
+            None => crate::store::write_plain(&p, format!("{n}\n").as_bytes()),
+        }
     }
 
     /// Builds a complete index for `tasks` in a fresh directory next to

@@ -896,8 +896,19 @@ impl Txn<'_> {
 
     fn roll_back_batch(&mut self) -> Result<()> {
         let p = self.c.layout.batch_intent();
-        let Some(bytes) = store::read_bytes(&p)? else {
-            return Ok(());
+        let bytes = match store::read_bytes(&p) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(()),
+            Err(Error::Corrupt { reason, .. }) => {
+                // Not an intent we wrote (a symlink, a FIFO, a huge file):
+                // it names no task we can trust, so it goes.
+                tracing::warn!(path = %p.display(), %reason, "removing a batch intent that is not ours");
+                if std::fs::remove_file(&p).is_err() {
+                    let _ = std::fs::remove_dir_all(&p);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         };
         let ids: Vec<String> = serde_json::from_slice::<Value>(&bytes)
             .ok()

@@ -73,9 +73,11 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Opens `path` for reading without following a symlink.
 fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    // O_NONBLOCK: a FIFO planted here must not hang the reader (it is then
+    // refused as not a regular file).
     OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
 }
 

@@ -60,3 +60,16 @@ impl std::error::Error for Usage {}
 pub fn exit(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
+
+/// The error chain as one line: each context, then the library error, whose
+/// own message already names its cause (so the cause is not repeated).
+pub fn render(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for c in e.chain() {
+        parts.push(c.to_string());
+        if c.is::<Error>() {
+            break;
+        }
+    }
+    parts.join(": ")
+}

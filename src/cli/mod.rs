@@ -129,10 +129,10 @@ pub fn main() -> ExitCode {
             let code = exit::code_of(&e);
             if json {
                 let _ = output::json(&serde_json::json!({
-                    "error": { "kind": exit::kind_of(&e), "message": format!("{e:#}"), "exit_code": code }
+                    "error": { "kind": exit::kind_of(&e), "message": exit::render(&e), "exit_code": code }
                 }));
             }
-            eprintln!("orchestrate: error: {e:#}");
+            eprintln!("orchestrate: error: {}", exit::render(&e));
             exit::exit(code)
         }
     }

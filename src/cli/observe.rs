@@ -176,6 +176,12 @@ impl Tail {
 }
 
 pub fn events(g: &Global, a: EventsArgs) -> Result<u8> {
+    if let Some(t) = &a.task {
+        orchestrate::task::validate_name("task id", t)?;
+    }
+    if let Some(ag) = &a.agent {
+        orchestrate::task::validate_name("agent id", ag)?;
+    }
     let c = open(g)?;
     let filter = Filter {
         task: a.task.clone(),

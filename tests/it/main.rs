@@ -5,7 +5,17 @@
 //! - `cli`: every command, its stdout, `--json` shape, exit code and the
 //!   task files it leaves on disk; bad input and bad data.
 //! - `concurrency`: real processes racing for claims, killed holders.
+//! - `harness`: helpers of the fault tests (pre_exec children, tree
+//!   snapshots, the reader consistency check).
+//! - `crash`: every crash point of every mutating command.
+//! - `diskfull`: a full disk (file-size limit) and a directory the caller
+//!   cannot write.
+//! - `hostile`: symlinks, malformed ids, huge sparse files, permissions.
 
 mod cli;
 mod concurrency;
+mod crash;
+mod diskfull;
+mod harness;
+mod hostile;
 mod support;

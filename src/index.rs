@@ -12,13 +12,15 @@
 //! allocations slower for a while (`recently_deleted()`), so churning
 //! inodes for index entries made claims quadratic under load.
 //!
-//! - `index/version`: `1 <boot id>`; the boot id (`/proc/sys/kernel/random/boot_id`)
+//! - `index/version`: `2 <boot id>`; the boot id (`/proc/sys/kernel/random/boot_id`)
 //!   makes a reboot, and so a power loss, force a rebuild.
 //! - `index/next_seq`: the next task `seq`, decimal.
-//! - `index/ready/<pp>-<bucket>`: one line `<seq>-<id>` per pending task
+//! - `index/ready/<pp>/<bucket>`: one line `<seq>-<id>` per pending task
 //!   whose dependencies are completed (maybe still backing off). `pp` is the
-//!   two-digit priority, `bucket` is `seq / 256` in 12 digits, `seq` is 12
-//!   digits: file order, then line order, is claim order.
+//!   two-digit priority (a directory, so a claim lists at most 10 names
+//!   before it reaches the most urgent buckets), `bucket` is `seq / 256` in
+//!   12 digits, `seq` is 12 digits: directory order, then file order, then
+//!   line order, is claim order.
 //! - `index/waiting`: ids of pending tasks created or put back while waiting
 //!   on dependencies (append-only; compacted when read).
 //! - `index/dependents/<id>`: ids of tasks that depend on `<id>`, one per line.
@@ -33,7 +35,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Version written to `index/version`; any other content means "rebuild".
-pub const INDEX_VERSION: &str = "1";
+pub const INDEX_VERSION: &str = "2";
 const BUCKET: u64 = 256;
 
 /// Handle on `index/`.
@@ -108,7 +110,17 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
 }
 
 fn append_line(p: &Path, line: &str) -> Result<()> {
-    let Some(mut f) = open_index_file(p, Access::Append)? else {
+    let f = match open_index_file(p, Access::Append)? {
+        Some(f) => Some(f),
+        None => {
+            // The directory is missing (a new priority): make it, try again.
+            if let Some(parent) = p.parent() {
+                crate::store::create_dir(parent)?;
+            }
+            open_index_file(p, Access::Append)?
+        }
+    };
+    let Some(mut f) = f else {
         return Err(Error::corrupt(p, "cannot be created"));
     };
     f.write_all(format!("{line}\n").as_bytes())
@@ -178,10 +190,13 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// The boot id of the running kernel, or "" where there is none.
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// A ready-index entry, in claim order.
@@ -207,8 +222,9 @@ impl Index {
         matches!(read_lines(&self.root.join("version")), Ok(l) if l.first().map(|x| x.trim()) == Some(Self::version_line().trim()))
     }
 
+    /// `<pp>/<bucket>`: the priority directory, then the bucket file.
     fn bucket_name(t: &Task) -> String {
-        format!("{:02}-{:012}", t.priority, t.seq / BUCKET)
+        format!("{:02}/{:012}", t.priority, t.seq / BUCKET)
     }
 
     fn entry_name(t: &Task) -> String {
@@ -242,9 +258,27 @@ impl Index {
         remove_line(&self.ready_dir().join(&e.bucket), &e.name)
     }
 
-    /// Ready buckets in claim order.
-    pub fn ready_buckets(&self) -> Result<Vec<String>> {
+    /// Priority directories of `ready/`, most urgent first.
+    pub fn ready_priorities(&self) -> Result<Vec<String>> {
         list_names(&self.ready_dir())
+    }
+
+    /// Buckets (`<pp>/<bucket>`) of one priority, in claim order.
+    pub fn priority_buckets(&self, pp: &str) -> Result<Vec<String>> {
+        Ok(list_names(&self.ready_dir().join(pp))?
+            .into_iter()
+            .map(|b| format!("{pp}/{b}"))
+            .collect())
+    }
+
+    /// Every bucket, in claim order (for `doctor`; a claim walks the
+    /// priorities lazily instead).
+    pub fn ready_buckets(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for pp in self.ready_priorities()? {
+            v.extend(self.priority_buckets(&pp)?);
+        }
+        Ok(v)
     }
 
     /// Entries of one bucket in claim order (duplicates removed).
@@ -268,8 +302,12 @@ impl Index {
 
     pub fn remove_bucket_if_empty(&self, bucket: &str) {
         let p = self.ready_dir().join(bucket);
-        if matches!(std::fs::metadata(&p), Ok(m) if m.len() == 0) {
-            let _ = std::fs::remove_file(p);
+        if matches!(std::fs::symlink_metadata(&p), Ok(m) if m.is_file() && m.len() == 0) {
+            let _ = std::fs::remove_file(&p);
+            // The priority directory goes too once empty (fails otherwise).
+            if let Some(parent) = p.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
 
@@ -445,7 +483,11 @@ impl Index {
         };
         for (b, mut lines) in ready {
             lines.sort();
-            write(tmp.join("ready").join(b), &lines)?;
+            let p = tmp.join("ready").join(b);
+            if let Some(parent) = p.parent() {
+                crate::store::create_dir(parent)?;
+            }
+            write(p, &lines)?;
         }
         for (d, ids) in dependents {
             let lines: Vec<String> = ids.iter().map(|s| s.to_string()).collect();

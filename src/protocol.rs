@@ -1151,7 +1151,18 @@ impl Txn<'_> {
 
         let mut next_ready_at: Option<Timestamp> = None;
         let mut skipped_by_filter = false;
-        for bucket in self.c.index.ready_buckets()? {
+        let buckets = self
+            .c
+            .index
+            .ready_priorities()?
+            .into_iter()
+            .map(|pp| self.c.index.priority_buckets(&pp))
+            .flat_map(|r| match r {
+                Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            });
+        for bucket in buckets {
+            let bucket = bucket?;
             let entries = self.c.index.bucket_entries(&bucket)?;
             if entries.is_empty() {
                 self.c.index.remove_bucket_if_empty(&bucket);

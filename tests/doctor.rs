@@ -129,8 +129,10 @@ fn a_stale_index_is_found_and_rebuilt() {
     let e = Env::new();
     e.run(&["create-task", "a", "--id", "a"], 0);
     // Lose the ready entry, as a foreign writer that ignores the index might.
-    for ent in std::fs::read_dir(e.coord().join("index/ready")).unwrap() {
-        std::fs::write(ent.unwrap().path(), b"").unwrap();
+    for pp in std::fs::read_dir(e.coord().join("index/ready")).unwrap() {
+        for bucket in std::fs::read_dir(pp.unwrap().path()).unwrap() {
+            std::fs::write(bucket.unwrap().path(), b"").unwrap();
+        }
     }
     assert!(kinds(&e.doctor(false, 65)).contains(&"index_stale".to_string()));
     e.doctor(true, 0);

@@ -95,6 +95,10 @@ pub struct Attempt<'a> {
     pub cancel: &'a AtomicBool,
     /// The run's correlation id, passed to the child's environment.
     pub correlation_id: Option<&'a str>,
+    /// Tags the worker claims with; passed as `$ORCHESTRATE_TAGS` so that
+    /// follow-up tasks the agent creates carry them (`create-task` adds
+    /// them) and the same workers pick them up.
+    pub tags: &'a [String],
 }
 
 /// What an attempt produced.
@@ -227,6 +231,11 @@ fn base_env(cmd: &mut Command, a: &Attempt<'_>) {
         .env("ORCHESTRATE_ATTEMPT", a.task.attempts.to_string());
     if let Some(c) = a.correlation_id {
         cmd.env("ORCHESTRATE_CORRELATION_ID", c);
+    }
+    if a.tags.is_empty() {
+        cmd.env_remove("ORCHESTRATE_TAGS");
+    } else {
+        cmd.env("ORCHESTRATE_TAGS", a.tags.join(","));
     }
 }
 

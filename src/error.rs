@@ -46,7 +46,7 @@ pub enum Error {
 
     /// The caller's fencing token is not the task's current one, or its lease
     /// expired and the task went back to the queue. Exit 4.
-    #[error("lease lost on task `{task_id}`: your token is {presented}, the current token is {current} ({detail}); stop work on it and claim again")]
+    #[error("lease lost on task `{task_id}` with token {presented}: {detail}")]
     LeaseLost {
         /// The task concerned.
         task_id: String,

@@ -10,7 +10,11 @@ use std::collections::{HashMap, HashSet};
 
 /// One entry of a tasks file or a plan, before validation.
 fn entry_to_new_task(i: usize, v: &Value, errors: &mut Vec<String>) -> Option<NewTask> {
-    let at = |field: &str| format!("task {}: `{field}`", i + 1);
+    let label = match v.get("id") {
+        Some(Value::String(id)) => format!("task {} (`{id}`)", i + 1),
+        _ => format!("task {}", i + 1),
+    };
+    let at = |field: &str| format!("{label}: `{field}`");
     let Some(obj) = v.as_object() else {
         errors.push(format!(
             "task {}: expected an object, found {}",
@@ -150,7 +154,7 @@ fn entry_to_new_task(i: usize, v: &Value, errors: &mut Vec<String>) -> Option<Ne
     }
     if ok {
         if let Err(e) = task::validate_new(&t) {
-            errors.push(format!("task {}: {e}", i + 1));
+            errors.push(format!("{label}: {e}"));
             ok = false;
         }
     }
@@ -195,13 +199,17 @@ pub fn check_batch(tasks: &[NewTask], existing: &dyn Fn(&str) -> bool) -> Vec<St
             }
         }
     }
+    let label = |i: usize, t: &NewTask| match &t.id {
+        Some(id) => format!("task {} (`{id}`)", i + 1),
+        None => format!("task {}", i + 1),
+    };
     for (i, t) in tasks.iter().enumerate() {
         for d in &t.dependencies {
             if !keys.contains(d.as_str()) && !existing(d) {
                 let known: Vec<&str> = keys.iter().copied().collect();
                 errors.push(format!(
-                    "task {}: dependency `{d}` is not the id of any task in the batch{}",
-                    i + 1,
+                    "{}: dependency `{d}` is not the id of any task in the batch{}",
+                    label(i, t),
                     if known.is_empty() {
                         " (no task has an `id`; give each task an `id` and refer to those)"
                             .to_string()

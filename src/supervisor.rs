@@ -38,6 +38,8 @@ pub fn interrupted() -> bool {
 pub enum Progress {
     /// The leader is planning.
     Planning,
+    /// Something the user should know (an id that had to be changed).
+    Note(String),
     /// The plan was rejected; the leader is asked once more.
     PlanRejected(Vec<String>),
     /// Tasks were created.
@@ -136,6 +138,8 @@ pub struct WorkerSummary {
     pub released: usize,
     /// Attempts whose lease was lost.
     pub lease_lost: usize,
+    /// Tasks this worker's failed attempt made dead (attempts exhausted).
+    pub dead: usize,
 }
 
 struct Shared<'a> {
@@ -297,6 +301,7 @@ fn run_attempt(
             timeout: o.timeout,
             cancel: &cancel,
             correlation_id: o.correlation_id.as_deref(),
+            tags: &o.tags,
         };
         let r = agent::execute(&o.agent, &attempt);
         let (m, cv) = &finished;
@@ -348,6 +353,9 @@ fn run_attempt(
                 summary.completed += 1;
             } else {
                 summary.failed += 1;
+                if after.status == Status::Dead {
+                    summary.dead += 1;
+                }
             }
             (s.progress)(Progress::Finished {
                 task: Box::new(after),
@@ -625,8 +633,17 @@ pub fn run(
     for s in &mut specs {
         s.context.tags.push(o.run_tag.clone());
     }
+    let keys: Vec<Option<String>> = specs.iter().map(|s| s.id.clone()).collect();
     let created = c.create_batch(specs, BatchIds::LocalKeys)?;
     progress(Progress::Created(created.len()));
+    for (key, t) in keys.iter().zip(&created) {
+        if let Some(k) = key.as_deref().filter(|k| *k != t.id.as_str()) {
+            progress(Progress::Note(format!(
+                "id `{k}` is taken in this queue (an earlier run?); this run's task is `{}`",
+                t.id
+            )));
+        }
+    }
     let ids: Vec<TaskId> = created.iter().map(|t| t.id.clone()).collect();
 
     let shared = Shared {
@@ -667,6 +684,7 @@ pub fn run(
         // from the front and stopping at the first open task keeps each
         // check O(1) amortised instead of re-reading every task.
         let mut open: std::collections::VecDeque<TaskId> = ids.iter().cloned().collect();
+        let mut known: std::collections::HashSet<TaskId> = ids.iter().cloned().collect();
         loop {
             if interrupted() || shared.done.load(Ordering::SeqCst) {
                 break;
@@ -680,7 +698,19 @@ pub fn run(
                 }
             }
             if open.is_empty() {
-                break;
+                // Follow-up tasks that agents created during the run carry
+                // the run's tag ($ORCHESTRATE_TAGS): they are the run's too.
+                match adopt_follow_ups(c, &o.run_tag, &mut known) {
+                    Ok(new) if !new.is_empty() => {
+                        open.extend(new);
+                        continue;
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not look for follow-up tasks");
+                        break;
+                    }
+                }
             }
             let seen = shared.wake.current();
             shared.wake.wait(seen, Duration::from_millis(200));
@@ -695,7 +725,15 @@ pub fn run(
     }
     let mut tasks = Vec::new();
     let mut totals = Totals::default();
-    for id in &ids {
+    let mut all_ids = ids.clone();
+    if let Ok(listing) = c.list() {
+        for t in listing.tasks {
+            if t.context.tags.contains(&o.run_tag) && !all_ids.contains(&t.id) {
+                all_ids.push(t.id);
+            }
+        }
+    }
+    for id in &all_ids {
         let t = c.get(id.as_str())?;
         totals.total += 1;
         match t.status {
@@ -737,6 +775,25 @@ pub fn run(
         totals,
         tasks,
     })
+}
+
+/// Tasks carrying `tag` that are pending or claimed and not in `known`
+/// (follow-ups created during the run); adds them to `known`.
+fn adopt_follow_ups(
+    c: &Coordination,
+    tag: &str,
+    known: &mut std::collections::HashSet<TaskId>,
+) -> Result<Vec<TaskId>> {
+    let mut new = Vec::new();
+    for t in c.list()?.tasks {
+        if t.context.tags.iter().any(|x| x == tag)
+            && matches!(t.status, Status::Pending | Status::Claimed)
+            && known.insert(t.id.clone())
+        {
+            new.push(t.id);
+        }
+    }
+    Ok(new)
 }
 
 /// A fresh run id: `run-` plus 8 hex digits; also the run's correlation id.

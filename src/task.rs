@@ -356,12 +356,15 @@ impl Task {
     /// [`Error::WrongState`] when the task is not claimed and the token is current.
     pub fn check_token(&self, token: u64, now: Timestamp, action: &str) -> Result<()> {
         if token != self.fencing_token {
-            let detail = if token > self.fencing_token {
-                "no claim of this task ever returned that token".to_string()
+            let detail = if token > self.fencing_token || token == 0 {
+                format!(
+                    "no claim of this task ever returned that token (the current one is {}); use the token your claim printed",
+                    self.fencing_token
+                )
             } else {
                 format!(
-                    "the task was claimed again since, and is now {}",
-                    self.status
+                    "the task was claimed again since (current token {}) and is now {}; stop working on it",
+                    self.fencing_token, self.status
                 )
             };
             return Err(Error::LeaseLost {
@@ -376,10 +379,12 @@ impl Task {
             // gone: it expired and was reaped, or the task was cancelled.
             let detail = match self.status {
                 Status::Pending | Status::Dead if self.fencing_token > 0 => format!(
-                    "the lease is gone (it expired and was reclaimed, or the attempt was already reported); the task is now {}",
+                    "the lease is gone: it expired and was taken back, or the attempt was already reported; the task is now {}. Stop working on it",
                     self.status
                 ),
-                Status::Cancelled if self.fencing_token > 0 => "the task was cancelled".to_string(),
+                Status::Cancelled if self.fencing_token > 0 => {
+                    "the task was cancelled; stop working on it".to_string()
+                }
                 _ => return Err(self.wrong(action, "it is not claimed")),
             };
             return Err(Error::LeaseLost {
@@ -394,7 +399,8 @@ impl Task {
                 task_id: self.id.to_string(),
                 presented: token,
                 current: self.fencing_token,
-                detail: "the lease expired".into(),
+                detail: "the lease expired; stop working on it (it will be taken back and retried)"
+                    .into(),
             });
         }
         Ok(())
@@ -836,7 +842,7 @@ mod tests {
     fn release_with_stale_token_or_expired_lease_is_lease_lost() {
         let mut t = claimed();
         let before = t.clone();
-        assert_lease_lost(t.release(0, at(1)), 0, 1, "claimed again");
+        assert_lease_lost(t.release(0, at(1)), 0, 1, "ever returned that token");
         assert_lease_lost(t.release(1, at(LEASE)), 1, 1, "expired");
         assert_eq!(t, before);
         let mut p = task(Status::Pending);

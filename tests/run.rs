@@ -445,7 +445,6 @@ fn shell_adapter_records_exit_status_output_and_log_and_env() {
         "t.json",
         &json!([
             {"id": "ok", "description": "echo env", "command": "echo \"id=$ORCHESTRATE_TASK_ID token=$ORCHESTRATE_FENCING_TOKEN agent=$ORCHESTRATE_AGENT_ID dir=$ORCHESTRATE_DIR\"; pwd"},
-            {"id": "nocmd", "description": "has no command", "max_attempts": 1},
             {"id": "bad", "description": "exits 7", "command": "echo oops >&2; exit 7", "max_attempts": 1}
         ]),
     );
@@ -475,12 +474,6 @@ fn shell_adapter_records_exit_status_output_and_log_and_env() {
     );
     let log = env.coord().join(ok["log_file"].as_str().unwrap());
     assert_eq!(std::fs::read_to_string(log).unwrap(), output);
-    let nocmd = by_id(&r, "nocmd");
-    assert_eq!(nocmd["status"], "dead");
-    assert!(nocmd["error"]
-        .as_str()
-        .unwrap()
-        .contains("has no `command`"));
     let bad = by_id(&r, "bad");
     assert_eq!(bad["result"]["exit_code"], 7);
     assert_eq!(bad["result"]["output"], "oops\n");
@@ -540,4 +533,92 @@ fn work_until_empty_drains_the_queue_with_the_shell_adapter() {
     for i in 0..3 {
         assert_eq!(env.task(&format!("t{i}"))["status"], "completed");
     }
+}
+
+#[test]
+fn shell_tasks_without_a_command_are_refused_before_anything_is_created() {
+    let env = Env::new();
+    let tasks = env.write(
+        "t.json",
+        &json!([{"id": "ok", "description": "x", "command": "true"}, {"id": "nocmd", "description": "has no command"}]),
+    );
+    let out = env
+        .cmd()
+        .args(["run", "g", "--agent", "shell", "--no-plan", "--tasks"])
+        .arg(&tasks)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nocmd"));
+    assert!(!env.coord().exists(), "nothing may be created");
+}
+
+#[test]
+fn follow_up_tasks_created_by_an_agent_are_part_of_the_run() {
+    let env = Env::new();
+    let orch = bin();
+    let tasks = env.write(
+        "t.json",
+        &json!([{"id": "first", "description": "makes a follow-up",
+                 "command": format!("{orch} create-task 'follow-up' --id later --command 'echo later ran'")}]),
+    );
+    let out = env
+        .cmd()
+        .args([
+            "run",
+            "g",
+            "--agent",
+            "shell",
+            "--no-plan",
+            "-o",
+            "r.json",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let r = report(&env.path().join("r.json"));
+    assert_eq!(
+        r["totals"]["total"],
+        2,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(by_id(&r, "later")["status"], "completed");
+    assert_eq!(by_id(&r, "later")["result"]["output"], "later ran\n");
+}
+
+#[test]
+fn an_agent_that_reports_its_own_task_does_not_stop_the_run() {
+    let env = Env::new();
+    let orch = bin();
+    let tasks = env.write(
+        "t.json",
+        &json!([
+            {"id": "self", "description": "reports itself", "command": format!("{orch} complete --result 'done by myself'")},
+            {"id": "next", "description": "runs after", "dependencies": ["self"], "command": "true"}
+        ]),
+    );
+    env.cmd()
+        .args([
+            "run",
+            "g",
+            "--agent",
+            "shell",
+            "--no-plan",
+            "-w",
+            "1",
+            "-o",
+            "r.json",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .assert()
+        .success();
+    let r = report(&env.path().join("r.json"));
+    assert_eq!(by_id(&r, "self")["result"], "done by myself");
+    assert_eq!(by_id(&r, "next")["status"], "completed");
 }

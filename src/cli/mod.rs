@@ -40,7 +40,7 @@ pub struct Global {
     /// The coordination directory [default: $COORDINATION_DIR, else ./.coordination]
     #[arg(long, global = true, value_name = "PATH")]
     pub dir: Option<PathBuf>,
-    /// Print one JSON document on stdout instead of text
+    /// Print JSON on stdout instead of text: one document, or JSON Lines for streams (events, watch)
     #[arg(long, global = true)]
     pub json: bool,
     /// More log output on stderr (-v info, -vv debug, -vvv trace)
@@ -73,7 +73,7 @@ pub enum Command {
     /// Report the current attempt of a task you hold as failed
     Fail(tasks::FailArgs),
     /// Give a task you hold back to the queue without spending an attempt
-    Release(tasks::TokenArgs),
+    Release(tasks::ReleaseArgs),
     /// Cancel a pending, claimed or blocked task (its dependents become blocked)
     Cancel(tasks::CancelArgs),
     /// Bring a dead, cancelled or blocked task back to pending, with its blocked dependents

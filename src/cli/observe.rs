@@ -223,12 +223,21 @@ pub fn metrics(g: &Global, a: MetricsArgs) -> Result<u8> {
     let c = open(g)?;
     let m = metrics::collect(&c)?;
     if let Some(dir) = &a.textfile {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        if !dir.is_dir() {
+            return Err(Usage(format!(
+                "--textfile {}: no such directory (node_exporter's --collector.textfile.directory)",
+                dir.display()
+            ))
+            .into());
+        }
         let mut tmp = tempfile::Builder::new()
             .prefix(".orchestrate.prom.")
             .tempfile_in(dir)
             .with_context(|| format!("create a temp file in {}", dir.display()))?;
         tmp.write_all(m.to_prometheus().as_bytes())?;
+        // Readable by node_exporter running as another user.
+        tmp.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         tmp.as_file().sync_all()?;
         let target = dir.join("orchestrate.prom");
         tmp.persist(&target)

@@ -149,7 +149,7 @@ pub struct WorkArgs {
     #[arg(long = "tag", value_name = "T")]
     pub tags: Vec<String>,
     /// Seconds allowed per task attempt
-    #[arg(short = 't', long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..), value_name = "SECONDS")]
+    #[arg(short = 't', long, env = "ORCHESTRATOR_TASK_TIMEOUT", hide_env = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..), value_name = "SECONDS")]
     pub timeout: u64,
     /// Working directory of the agent processes
     #[arg(short = 'C', long = "cwd", value_name = "DIR")]
@@ -244,7 +244,8 @@ fn progress_line(p: &Progress) -> String {
                 "plan rejected, asking the leader again:\n  {}",
                 errs.join("\n  ")
             ),
-            Progress::Created(n) => format!("{n} tasks queued"),
+            Progress::Created(n) => format!("{n} task{} queued", if n == 1 { "" } else { "s" }),
+            Progress::Note(text) => text,
             Progress::Started {
                 task_id,
                 agent_id,
@@ -349,9 +350,41 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
             None => p.working_dir.join(".coordination"),
         },
     };
-    // Before anything is created: a missing agent binary is a usage error.
+    // Before anything is created: a missing agent binary, an empty or
+    // invalid tasks file, shell tasks without a command are usage errors.
     if p.spec.kind == AgentKind::Claude {
         orchestrate::agent::check_claude(&p.spec.claude)?;
+    }
+    if let Some(tasks) = &p.tasks {
+        if tasks.is_empty() {
+            return Err(Usage("the tasks file has no tasks".into()).into());
+        }
+        if p.spec.kind == AgentKind::Shell {
+            let missing: Vec<String> = tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.command.as_deref().is_none_or(|c| c.trim().is_empty()))
+                .map(|(i, t)| t.id.clone().unwrap_or_else(|| format!("task {}", i + 1)))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Usage(format!(
+                    "the shell agent runs each task's `command`, and these tasks have none: {}; add a \"command\" to each, or use --agent claude",
+                    missing.join(", ")
+                ))
+                .into());
+            }
+        }
+        let existing = Coordination::open(&dir).ok();
+        let errs = plan::check_batch(tasks, &|id| {
+            existing.as_ref().is_some_and(|c| c.get(id).is_ok())
+        });
+        if !errs.is_empty() {
+            return Err(orchestrate::Error::Invalid(format!(
+                "the tasks are invalid; nothing was created:\n  {}",
+                errs.join("\n  ")
+            ))
+            .into());
+        }
     }
     let run_id = supervisor::new_run_id();
     let (c, _) = Coordination::init(&dir, Some(p.goal.clone()))?;
@@ -371,7 +404,8 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         idle_poll_ms: 500,
     };
     install_interrupt_handler();
-    let printer = progress_printer(g.quiet, true);
+    // With JSON logs, stderr stays JSON: progress is in the logs (-v).
+    let printer = progress_printer(g.quiet || g.log_format.as_deref() == Some("json"), true);
     let report = match supervisor::run(&c, &opts, &printer) {
         Ok(r) => r,
         Err(orchestrate::Error::Interrupted) => {
@@ -508,6 +542,13 @@ pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
 
 pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
     let agent_id = a.who.require()?;
+    if matches!(agent_id.as_str(), "shell" | "claude")
+        && !std::env::args().any(|x| x == "--adapter")
+    {
+        eprintln!(
+            "orchestrate: note: `--agent {agent_id}` names this worker; the runner is chosen with `--adapter {agent_id}` (default: claude)"
+        );
+    }
     orchestrate::task::validate_name("agent id", &agent_id)?;
     let c = open(g)?;
     let kind: AgentKind = a.adapter_kind.into();
@@ -538,5 +579,11 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
             summary.completed, summary.failed, summary.released, summary.lease_lost
         ))?;
     }
-    Ok(if supervisor::interrupted() { 130 } else { 0 })
+    Ok(if supervisor::interrupted() {
+        130
+    } else if summary.dead > 0 {
+        1
+    } else {
+        0
+    })
 }

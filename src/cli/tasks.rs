@@ -120,6 +120,21 @@ pub struct ClaimArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The task id [env: ORCHESTRATE_TASK_ID]
+    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
+    pub id: String,
+    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
+    #[arg(
+        long,
+        env = "ORCHESTRATE_FENCING_TOKEN",
+        hide_env = true,
+        value_name = "N"
+    )]
+    pub token: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The task id [env: ORCHESTRATE_TASK_ID]
     #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
@@ -269,6 +284,15 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
                 "{} already initialized; nothing changed",
                 c.layout().root().display()
             ))?;
+            if a.goal
+                .as_deref()
+                .is_some_and(|goal| goal != c.config().goal)
+            {
+                output::line(format!(
+                    "(its goal stays \"{}\"; edit config.json to change it)",
+                    c.config().goal
+                ))?;
+            }
         }
         if let Some(f) = config_file {
             output::line(format!(
@@ -293,6 +317,12 @@ pub fn write_json_file(path: &Path, doc: &Value) -> Result<()> {
         .with_context(|| format!("create a temp file in {}", parent.display()))?;
     serde_json::to_writer_pretty(&mut tmp, doc)?;
     std::io::Write::write_all(&mut tmp, b"\n")?;
+    // tempfile creates 0600; keep the existing file's mode, else 0644.
+    let mode = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        .unwrap_or(0o644);
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("write {}", path.display()))?;
@@ -300,6 +330,16 @@ pub fn write_json_file(path: &Path, doc: &Value) -> Result<()> {
 }
 
 pub fn create(g: &Global, a: CreateArgs) -> Result<u8> {
+    let mut a = a;
+    // Inside an agent started by `run` or `work`, follow-up tasks carry the
+    // worker's tags so that the same workers pick them up.
+    if let Ok(tags) = std::env::var("ORCHESTRATE_TAGS") {
+        for t in tags.split(',').filter(|t| !t.is_empty()) {
+            if !a.tags.iter().any(|x| x == t) {
+                a.tags.push(t.to_string());
+            }
+        }
+    }
     let spec = NewTask {
         id: a.id.clone(),
         description: a.description.clone(),
@@ -520,7 +560,7 @@ pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
     })
 }
 
-pub fn release(g: &Global, a: TokenArgs) -> Result<u8> {
+pub fn release(g: &Global, a: ReleaseArgs) -> Result<u8> {
     let c = open(g)?;
     let t = c.release(&a.id, a.token)?;
     print_task(g, &t, || format!("released {}", t.id))

@@ -83,9 +83,22 @@ pub(crate) mod serde_ts {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s)
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// RFC 3339, then in UTC within years 0000..=9999 (what RFC 3339 can
+    /// write back).
+    pub fn parse(s: &str) -> Result<Timestamp, String> {
+        let t = DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+            .map_err(|e| e.to_string())?;
+        if (0..=9999).contains(&chrono::Datelike::year(&t)) {
+            Ok(t)
+        } else {
+            Err(format!(
+                "timestamp `{s}` is outside the years 0000 to 9999 in UTC"
+            ))
+        }
     }
 
     pub mod option {
@@ -100,12 +113,8 @@ pub(crate) mod serde_ts {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
-            s.map(|s| {
-                DateTime::parse_from_rfc3339(&s)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(serde::de::Error::custom)
-            })
-            .transpose()
+            s.map(|s| super::parse(&s).map_err(serde::de::Error::custom))
+                .transpose()
         }
     }
 }

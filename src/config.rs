@@ -6,6 +6,10 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Longest lease or backoff delay accepted, in milliseconds (one year): a
+/// longer one would put timestamps past what RFC 3339 can write.
+pub const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// Current major version of the config file format.
 pub const CONFIG_SCHEMA_VERSION: u64 = 1;
 
@@ -62,6 +66,11 @@ impl Backoff {
         }
         if self.max_ms < self.base_ms {
             return Err(Error::Invalid("backoff max_ms must be >= base_ms".into()));
+        }
+        if self.max_ms > MAX_DURATION_MS {
+            return Err(Error::Invalid(format!(
+                "backoff max_ms must be at most {MAX_DURATION_MS} (one year)"
+            )));
         }
         Ok(())
     }
@@ -129,8 +138,11 @@ impl Config {
     /// # Errors
     /// A sentence naming the bad field.
     pub fn check_ranges(&self) -> std::result::Result<(), String> {
-        if self.lease_ms == 0 {
-            return Err("lease_ms is 0".into());
+        if self.lease_ms == 0 || self.lease_ms > MAX_DURATION_MS {
+            return Err(format!(
+                "lease_ms {} is outside 1..={MAX_DURATION_MS}",
+                self.lease_ms
+            ));
         }
         if self.max_attempts == 0 {
             return Err("max_attempts is 0".into());

@@ -147,50 +147,18 @@ fn invariant_problem(t: &Task) -> Option<String> {
 }
 
 fn find_cycle(tasks: &HashMap<TaskId, Task>) -> Option<Vec<TaskId>> {
-    let mut state: HashMap<&TaskId, u8> = HashMap::new();
-    fn dfs<'a>(
-        id: &'a TaskId,
-        tasks: &'a HashMap<TaskId, Task>,
-        state: &mut HashMap<&'a TaskId, u8>,
-        stack: &mut Vec<&'a TaskId>,
-    ) -> Option<Vec<TaskId>> {
-        state.insert(id, 1);
-        stack.push(id);
-        if let Some(t) = tasks.get(id) {
-            for d in &t.dependencies {
-                match state.get(d).copied() {
-                    Some(1) => {
-                        let at = stack.iter().position(|x| *x == d).unwrap_or(0);
-                        let mut c: Vec<TaskId> = stack[at..].iter().map(|x| (*x).clone()).collect();
-                        c.push(d.clone());
-                        return Some(c);
-                    }
-                    None if tasks.contains_key(d) => {
-                        if let Some((k, _)) = tasks.get_key_value(d) {
-                            if let Some(c) = dfs(k, tasks, state, stack) {
-                                return Some(c);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        stack.pop();
-        state.insert(id, 2);
-        None
-    }
     let mut ids: Vec<&TaskId> = tasks.keys().collect();
     ids.sort();
-    for id in ids {
-        if !state.contains_key(id) {
-            let mut stack = Vec::new();
-            if let Some(c) = dfs(id, tasks, &mut state, &mut stack) {
-                return Some(c);
-            }
-        }
-    }
-    None
+    let pos: HashMap<&TaskId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let edges = |i: usize| -> Vec<usize> {
+        tasks[ids[i]]
+            .dependencies
+            .iter()
+            .filter_map(|d| pos.get(d).copied())
+            .collect()
+    };
+    crate::dag::find_cycle(ids.len(), edges)
+        .map(|c| c.into_iter().map(|i| ids[i].clone()).collect())
 }
 
 /// Checks the directory and, with `fix`, repairs what can be repaired.

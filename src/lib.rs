@@ -26,6 +26,7 @@
 pub mod agent;
 pub mod clock;
 pub mod config;
+pub mod dag;
 pub mod doctor;
 pub mod error;
 pub mod events;

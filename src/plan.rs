@@ -226,44 +226,24 @@ pub fn check_batch(tasks: &[NewTask], existing: &dyn Fn(&str) -> bool) -> Vec<St
         .enumerate()
         .filter_map(|(i, t)| t.id.as_deref().map(|k| (k, i)))
         .collect();
-    let mut state = vec![0u8; tasks.len()]; // 0 new, 1 on stack, 2 done
-    fn dfs(
-        i: usize,
-        tasks: &[NewTask],
-        idx: &HashMap<&str, usize>,
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        state[i] = 1;
-        stack.push(i);
-        for d in &tasks[i].dependencies {
-            if let Some(&j) = idx.get(d.as_str()) {
-                if state[j] == 1 {
-                    let at = stack.iter().position(|&x| x == j).unwrap_or(0);
-                    let mut c = stack[at..].to_vec();
-                    c.push(j);
-                    return Some(c);
-                }
-                if state[j] == 0 {
-                    if let Some(c) = dfs(j, tasks, idx, state, stack) {
-                        return Some(c);
-                    }
-                }
-            }
-        }
-        stack.pop();
-        state[i] = 2;
-        None
-    }
-    for i in 0..tasks.len() {
-        if state[i] == 0 {
-            let mut stack = Vec::new();
-            if let Some(c) = dfs(i, tasks, &idx, &mut state, &mut stack) {
-                let names: Vec<&str> = c.iter().filter_map(|&k| tasks[k].id.as_deref()).collect();
-                errors.push(format!("dependency cycle: {}", names.join(" -> ")));
-                break;
-            }
-        }
+    let edges = |i: usize| -> Vec<usize> {
+        tasks[i]
+            .dependencies
+            .iter()
+            .filter_map(|d| idx.get(d.as_str()).copied())
+            .collect()
+    };
+    if let Some(c) = crate::dag::find_cycle(tasks.len(), edges) {
+        let names: Vec<String> = c
+            .iter()
+            .map(|&k| {
+                tasks[k]
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("task {}", k + 1))
+            })
+            .collect();
+        errors.push(format!("dependency cycle: {}", names.join(" -> ")));
     }
     errors
 }
@@ -419,8 +399,21 @@ pub fn extract_json(reply: &str) -> Option<Value> {
         }
         rest = &body[end + 3..];
     }
-    // Then every `[` or `{` in order, parsing a JSON value from there.
-    for (i, c) in reply.char_indices() {
+    // Then each `[` or `{` that starts a run of brackets, in order, parsing
+    // a JSON value from there. A bracket right after another one is inside
+    // the value tried from the run's start; skipping it, and trying at most
+    // 4,096 starts, keeps deeply nested junk from costing time quadratic in
+    // its length.
+    let mut prev = ' ';
+    let starts = reply
+        .char_indices()
+        .filter(move |(_, c)| {
+            let start = (*c == '[' || *c == '{') && prev != '[' && prev != '{';
+            prev = *c;
+            start
+        })
+        .take(4096);
+    for (i, c) in starts {
         if c == '[' || c == '{' {
             let mut de = serde_json::Deserializer::from_str(&reply[i..]).into_iter::<Value>();
             if let Some(Ok(v)) = de.next() {

@@ -334,8 +334,13 @@ impl Coordination {
     /// dependencies not completed, backing off); lock, I/O and data errors.
     pub fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome> {
         task::validate_name("agent id", &req.agent)?;
-        if req.lease_ms == Some(0) {
-            return Err(Error::Invalid("lease must be longer than 0 ms".into()));
+        if req
+            .lease_ms
+            .is_some_and(|l| l == 0 || l > crate::config::MAX_DURATION_MS)
+        {
+            return Err(Error::Invalid(
+                "the lease must be between 1 ms and one year".into(),
+            ));
         }
         let named = req.task_id.as_deref().map(TaskId::new).transpose()?;
         self.mutate(|tx| tx.claim(req, named.as_ref()))
@@ -425,8 +430,10 @@ impl Coordination {
     /// [`Error::WrongState`]; [`Error::TaskNotFound`].
     pub fn heartbeat(&self, id: &str, token: u64, lease_ms: Option<u64>) -> Result<Task> {
         let id = TaskId::new(id)?;
-        if lease_ms == Some(0) {
-            return Err(Error::Invalid("lease must be longer than 0 ms".into()));
+        if lease_ms.is_some_and(|l| l == 0 || l > crate::config::MAX_DURATION_MS) {
+            return Err(Error::Invalid(
+                "the lease must be between 1 ms and one year".into(),
+            ));
         }
         self.mutate(|tx| {
             let mut t = tx.load(&id)?;

@@ -41,14 +41,52 @@ pub const HOOK_TIMEOUT_S: u64 = 30;
 /// The command Claude Code runs for `event`, with `program` as the
 /// `orchestrate` executable.
 pub fn hook_command(program: &str, event: HookEvent) -> String {
-    format!("{program} hook {}", event.cli_name())
+    // Quoted for the shell Claude Code runs the command with, when needed.
+    let safe = program
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b));
+    let prog = if safe {
+        program.to_string()
+    } else {
+        format!("'{}'", program.replace('\'', "'\\''"))
+    };
+    format!("{prog} hook {}", event.cli_name())
+}
+
+/// The first word of a shell command, with single quotes removed.
+fn first_word(command: &str) -> (String, &str) {
+    let c = command.trim_start();
+    if let Some(rest) = c.strip_prefix('\'') {
+        // '...' possibly with '\'' escapes.
+        let mut word = String::new();
+        let mut r = rest;
+        loop {
+            match r.find('\'') {
+                Some(i) => {
+                    word.push_str(&r[..i]);
+                    r = &r[i + 1..];
+                    if let Some(after) = r.strip_prefix("\\''") {
+                        word.push('\'');
+                        r = after;
+                    } else {
+                        return (word, r);
+                    }
+                }
+                None => return (word + r, ""),
+            }
+        }
+    }
+    match c.find(char::is_whitespace) {
+        Some(i) => (c[..i].to_string(), &c[i..]),
+        None => (c.to_string(), ""),
+    }
 }
 
 /// True for hook commands that this tool wrote (any program path ending in
 /// `orchestrate`, then ` hook <event>`).
 pub fn is_ours(command: &str) -> bool {
-    let mut words = command.split_whitespace();
-    let prog = words.next().unwrap_or("");
+    let (prog, rest) = first_word(command);
+    let mut words = rest.split_whitespace();
     let is_orch = prog == "orchestrate" || prog.ends_with("/orchestrate");
     is_orch
         && words.next() == Some("hook")
@@ -177,5 +215,17 @@ mod tests {
         assert!(!is_ours("orchestrate-other hook stop"));
         assert!(!is_ours("orchestrate hook nonsense"));
         assert!(!is_ours("./lint.sh"));
+        assert!(is_ours(&hook_command(
+            "/opt/my tools/orchestrate",
+            HookEvent::Stop
+        )));
+        assert_eq!(
+            hook_command("/opt/my tools/orchestrate", HookEvent::Stop),
+            "'/opt/my tools/orchestrate' hook stop"
+        );
+        assert!(is_ours(&hook_command(
+            "/opt/it's/orchestrate",
+            HookEvent::SessionEnd
+        )));
     }
 }

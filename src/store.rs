@@ -142,12 +142,29 @@ pub fn parse_versioned<T: DeserializeOwned>(
         .get("schema_version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| Error::corrupt(path, "missing or non-integer `schema_version`"))?;
+    if version == 0 {
+        return Err(Error::corrupt(
+            path,
+            "`schema_version` 0 does not exist; versions start at 1",
+        ));
+    }
     if version > supported {
         return Err(Error::NewerSchema {
             path: path.to_path_buf(),
             found: version,
             supported,
         });
+    }
+    // Nested records must be objects (serde would also take arrays).
+    for key in ["context", "backoff"] {
+        if let Some(v) = value.get(key) {
+            if !(v.is_object() || v.is_null()) {
+                return Err(Error::corrupt(
+                    path,
+                    format!("`{key}` must be a JSON object"),
+                ));
+            }
+        }
     }
     serde_json::from_value(value).map_err(|e| Error::corrupt(path, e.to_string()))
 }

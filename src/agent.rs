@@ -144,6 +144,26 @@ fn kill_group(pid: u32) {
 /// [`Error::Other`] when the process cannot be started.
 pub fn run_process(mut cmd: Command, timeout: Duration, cancel: &AtomicBool) -> Result<ProcessEnd> {
     cmd.stdin(Stdio::null()).process_group(0);
+    // If the supervising process dies (kill -9), the child gets SIGKILL
+    // instead of working on as an orphan after its lease is gone. (Its own
+    // children are not covered; the fencing token still refuses their
+    // late report.)
+    // SAFETY: prctl is async-signal-safe and touches only this child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| {
         Error::Other(format!(

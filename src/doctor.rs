@@ -166,6 +166,25 @@ fn find_cycle(tasks: &HashMap<TaskId, Task>) -> Option<Vec<TaskId>> {
 /// # Errors
 /// Lock and I/O errors that stop the check itself.
 pub fn run(c: &Coordination, fix: bool) -> Result<Report> {
+    // The scan holds the lock, so that a write in flight (its temp file, an
+    // index entry not yet added) is never taken for damage.
+    let (mut col, tasks_checked) = c.locked(|| scan(c))?;
+    let root = c.layout().root().to_path_buf();
+    if fix && col.findings.iter().any(|f| f.fixable) {
+        fix_all(c, &root, &mut col)?;
+    }
+    let clean = !col
+        .findings
+        .iter()
+        .any(|f| f.severity == Severity::Error && !f.fixed);
+    Ok(Report {
+        findings: col.findings,
+        tasks_checked,
+        clean,
+    })
+}
+
+fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     let root = c.layout().root().to_path_buf();
     let mut col = Collector {
         findings: Vec::new(),
@@ -445,19 +464,7 @@ pub fn run(c: &Coordination, fix: bool) -> Result<Report> {
         }
     }
 
-    // 5. Repairs, under the lock.
-    if fix && col.findings.iter().any(|f| f.fixable) {
-        fix_all(c, &root, &mut col)?;
-    }
-    let clean = !col
-        .findings
-        .iter()
-        .any(|f| f.severity == Severity::Error && !f.fixed);
-    Ok(Report {
-        findings: col.findings,
-        tasks_checked: tasks.len(),
-        clean,
-    })
+    Ok((col, tasks.len()))
 }
 
 fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
@@ -466,8 +473,9 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
         for f in col.findings.iter_mut().filter(|f| f.fixable) {
             let path = root.join(&f.file);
             let done = match f.kind.as_str() {
-                "orphan_temp" => std::fs::remove_file(&path).is_ok(),
-                "orphan_index_build" => std::fs::remove_dir_all(&path).is_ok(),
+                // Gone already counts: the next writer cleaned it.
+                "orphan_temp" => std::fs::remove_file(&path).is_ok() || !path.exists(),
+                "orphan_index_build" => std::fs::remove_dir_all(&path).is_ok() || !path.exists(),
                 "corrupt_file" | "symlink" | "stray_file" => {
                     quarantine(root, &path, &f.message).is_ok()
                 }

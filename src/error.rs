@@ -81,7 +81,7 @@ pub enum Error {
 
     /// A file in `.coordination/` is corrupt, not what the spec says, a
     /// symlink, or too large. Exit 65.
-    #[error("bad data in `{}`: {reason} (fix the file or move it out of .coordination/; other tasks stay usable)", path.display())]
+    #[error("bad data in `{}`: {reason} (fix the file or move it aside; `orchestrate doctor` lists what else is wrong)", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,

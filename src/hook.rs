@@ -134,6 +134,24 @@ pub fn parse_input(bytes: &[u8]) -> Result<HookInput> {
     let o = v
         .as_object()
         .ok_or_else(|| Error::Invalid("hook input is not a JSON object".into()))?;
+    for k in [
+        "session_id",
+        "transcript_path",
+        "cwd",
+        "hook_event_name",
+        "source",
+    ] {
+        if o.get(k).is_some_and(|v| !(v.is_string() || v.is_null())) {
+            return Err(Error::Invalid(format!("hook input `{k}` is not a string")));
+        }
+    }
+    if o.get("stop_hook_active")
+        .is_some_and(|v| !(v.is_boolean() || v.is_null()))
+    {
+        return Err(Error::Invalid(
+            "hook input `stop_hook_active` is not a boolean".into(),
+        ));
+    }
     let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
     let session_id = s("session_id")
         .filter(|x| !x.is_empty())
@@ -404,8 +422,28 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
         task_id: None,
         tags: Vec::new(),
         lease_ms: Some(o.lease_ms),
+        only_if_idle: true,
     };
     match c.claim(&req)? {
+        // Another hook of this session claimed in the meantime: answer
+        // about what the session holds now.
+        ClaimOutcome::NothingReady(nr)
+            if nr.reason == crate::protocol::NotReadyReason::AgentBusy =>
+        {
+            match c.held_by(&o.agent)?.first() {
+                Some(t) => Ok(HookOutput {
+                    stdout: Some(json!({
+                        "decision": "block",
+                        "reason": format!(
+                            "You hold a task from the shared queue that is not reported yet.\n{}\nFinish it, then run exactly one of:\n{}",
+                            describe(t),
+                            commands(c, t)
+                        ),
+                    })),
+                }),
+                None => Ok(HookOutput { stdout: None }),
+            }
+        }
         ClaimOutcome::Claimed(t) => {
             let key = format!("{}:{}", t.id, t.fencing_token);
             c.update_agent(&o.agent, kind, |r| {

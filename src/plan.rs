@@ -288,13 +288,35 @@ pub fn tasks_from_value(v: &Value) -> std::result::Result<Vec<NewTask>, Vec<Stri
     }
 }
 
+/// Largest tasks or configuration file read, in bytes (64 MiB).
+pub const MAX_INPUT_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a user's input file as UTF-8, at most [`MAX_INPUT_FILE_BYTES`]
+/// (so that `/dev/zero` is refused, not read until memory runs out).
+fn read_limited(path: &std::path::Path, what: &str) -> Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::Invalid(format!("cannot read {what} `{}`: {e}", path.display())))?;
+    let mut buf = Vec::new();
+    f.take(MAX_INPUT_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Invalid(format!("cannot read {what} `{}`: {e}", path.display())))?;
+    if buf.len() as u64 > MAX_INPUT_FILE_BYTES {
+        return Err(Error::Invalid(format!(
+            "{what} `{}` is over {MAX_INPUT_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    String::from_utf8(buf)
+        .map_err(|_| Error::Invalid(format!("{what} `{}` is not UTF-8", path.display())))
+}
+
 /// Reads a tasks file (`run --tasks FILE`).
 ///
 /// # Errors
 /// [`Error::Invalid`] naming the file and listing every problem.
 pub fn read_tasks_file(path: &std::path::Path) -> Result<Vec<NewTask>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Invalid(format!("cannot read tasks file `{}`: {e}", path.display())))?;
+    let text = read_limited(path, "tasks file")?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         Error::Invalid(format!(
             "tasks file `{}` is not valid JSON: {e}",
@@ -335,12 +357,7 @@ pub struct RunFile {
 /// [`Error::Invalid`] naming the file and every problem.
 pub fn read_run_file(path: &std::path::Path) -> Result<RunFile> {
     let bad = |m: String| Error::Invalid(format!("configuration file `{}`: {m}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Invalid(format!(
-            "cannot read configuration file `{}`: {e}",
-            path.display()
-        ))
-    })?;
+    let text = read_limited(path, "configuration file")?;
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let o = v
         .as_object()

@@ -45,6 +45,10 @@ pub struct ClaimRequest {
     pub tags: Vec<String>,
     /// Lease length in milliseconds; the config's `lease_ms` when `None`.
     pub lease_ms: Option<u64>,
+    /// Claim only if `agent` holds no task now, checked under the same lock
+    /// as the claim (the Claude Code Stop hook; two hooks of one session may
+    /// run at once).
+    pub only_if_idle: bool,
 }
 
 /// Why a claim found nothing (`spec` section 6.1, the `reason` field).
@@ -61,6 +65,8 @@ pub enum NotReadyReason {
     AllClaimed,
     /// Ready tasks exist, but none matches the claim's filters.
     NoMatch,
+    /// The claim asked for `only_if_idle` and the agent holds a task.
+    AgentBusy,
 }
 
 /// The answer to a claim that found nothing.
@@ -847,8 +853,14 @@ impl Txn<'_> {
     }
 
     fn save(&mut self, t: &Task) -> Result<()> {
-        let bytes = store::to_pretty(t)?;
-        store::write_atomic(&self.c.layout.task(&t.id), &bytes, self.c.durable(), false)?;
+        self.save_with(t, self.c.durable())
+    }
+
+    /// Writes a task file, fsyncing it when `fsync` (a batch fsyncs the file
+    /// system once instead). Refuses a file readers would refuse as too big.
+    fn save_with(&mut self, t: &Task, fsync: bool) -> Result<()> {
+        let bytes = task_bytes(t)?;
+        store::write_atomic(&self.c.layout.task(&t.id), &bytes, fsync, false)?;
         self.tasks_dir_dirty = true;
         Ok(())
     }
@@ -879,6 +891,14 @@ impl Txn<'_> {
 
     /// Finishes crash leftovers and expired leases before the operation.
     fn prepare(&mut self) -> Result<()> {
+        // We hold the lock, so a temp file left in tasks/ is a crash
+        // leftover: clean it (spec 4.2).
+        let tmp = self.c.layout.tasks_dir().join(layout::TEMP_NAME);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => tracing::debug!("removed a temp file left by a crash"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale temp file", &tmp, e)),
+        }
         self.roll_back_batch()?;
         if !self.c.index.is_current() {
             self.rebuild_index()?;
@@ -1118,6 +1138,21 @@ impl Txn<'_> {
 
     fn claim(&mut self, req: &ClaimRequest, named: Option<&TaskId>) -> Result<ClaimOutcome> {
         let lease_ms = req.lease_ms.unwrap_or(self.c.config.lease_ms);
+        if req.only_if_idle {
+            for (_, id, _) in self.c.index.leases()? {
+                if let Ok(Some(t)) = store::read_task(&self.c.layout.task(&id), &id) {
+                    if t.status == Status::Claimed
+                        && t.claimed_by.as_deref() == Some(req.agent.as_str())
+                    {
+                        return Ok(ClaimOutcome::NothingReady(NotReady {
+                            reason: NotReadyReason::AgentBusy,
+                            next_ready_at: None,
+                            message: format!("agent `{}` already holds task `{}`", req.agent, t.id),
+                        }));
+                    }
+                }
+            }
+        }
         let matches = |t: &Task| req.tags.iter().all(|tag| t.context.tags.contains(tag));
         let no_overlay = HashMap::new();
         if let Some(id) = named {
@@ -1571,7 +1606,11 @@ impl Txn<'_> {
                 c.index.add_waiting(&t.id)?;
             }
         }
-        // 6. Files: one rename for a single task; an intent record around a batch.
+        // 6. Files: one rename for a single task; an intent record around a
+        // batch, whose files are fsynced together by one syncfs(2).
+        for t in &tasks {
+            task_bytes(t)?;
+        }
         if tasks.len() == 1 {
             self.save(&tasks[0])?;
         } else {
@@ -1590,7 +1629,7 @@ impl Txn<'_> {
                 if i == 1 {
                     crate::faults::point("between_batch_files");
                 }
-                if let Err(e) = self.save(t) {
+                if let Err(e) = self.save_with(t, false) {
                     // Undo what was written; nothing of the batch must stay.
                     for t in &tasks[..i] {
                         let _ = std::fs::remove_file(c.layout.task(&t.id));
@@ -1600,6 +1639,7 @@ impl Txn<'_> {
                 }
             }
             if c.durable() {
+                store::sync_fs(&c.layout.tasks_dir())?;
                 store::sync_dir(&c.layout.tasks_dir())?;
             }
             let p = c.layout.batch_intent();
@@ -1622,6 +1662,20 @@ impl Txn<'_> {
         }
         Ok(tasks)
     }
+}
+
+/// A task's file content, refused when readers would refuse it as too big.
+fn task_bytes(t: &Task) -> Result<Vec<u8>> {
+    let bytes = store::to_pretty(t)?;
+    if bytes.len() as u64 > store::MAX_FILE_BYTES {
+        return Err(Error::Invalid(format!(
+            "task `{}` would be a {} byte file, over the {} byte limit; put large text in a file and refer to it",
+            t.id,
+            bytes.len(),
+            store::MAX_FILE_BYTES
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Kahn's algorithm over the batch; returns indices in dependency order, or

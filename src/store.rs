@@ -217,6 +217,22 @@ pub fn to_pretty(value: &impl Serialize) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Flushes the whole file system that holds `dir` (`syncfs(2)`): one call
+/// that makes many unsynced writes durable at once (a batch create).
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn sync_fs(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    // SAFETY: syncfs takes a valid open descriptor, which `d` is for the
+    // duration of the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::io("syncfs", dir, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// fsyncs a directory so that a rename or unlink in it survives power loss.
 ///
 /// # Errors

@@ -176,6 +176,7 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
         task_id: None,
         tags: o.tags.clone(),
         lease_ms: None,
+        only_if_idle: false,
     };
     let mut lock_timeouts = 0;
     let watcher = if o.watch_files {

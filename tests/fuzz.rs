@@ -1657,8 +1657,21 @@ fn check_hook_input(bytes: &[u8]) {
                 "expected Invalid, got {e:?}"
             );
             if let Some(o) = &object {
+                // Refused only for a missing session_id or a known field of
+                // the wrong type (strings; stop_hook_active a boolean).
+                let mistyped = [
+                    "session_id",
+                    "transcript_path",
+                    "cwd",
+                    "hook_event_name",
+                    "source",
+                ]
+                .iter()
+                .any(|k| o.get(*k).is_some_and(|v| !(v.is_string() || v.is_null())))
+                    || o.get("stop_hook_active")
+                        .is_some_and(|v| !(v.is_boolean() || v.is_null()));
                 assert!(
-                    s(o, "session_id").is_none_or(|id| id.is_empty()),
+                    mistyped || s(o, "session_id").is_none_or(|id| id.is_empty()),
                     "a JSON object with a session_id was refused: {e}"
                 );
             }

@@ -470,3 +470,40 @@ fn install_into_a_project_without_settings_creates_them() {
     .unwrap();
     assert_eq!(v["hooks"].as_object().unwrap().len(), 5);
 }
+
+#[test]
+fn concurrent_stop_hooks_of_one_session_claim_at_most_one_task() {
+    let p = Project::new();
+    for i in 0..10 {
+        p.create(&format!("t{i}"), &[]);
+    }
+    for round in 0..5 {
+        let session = format!("race-{round}");
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                let mut c = std::process::Command::new(bin())
+                    .current_dir("/")
+                    .env_remove("COORDINATION_DIR")
+                    .env_remove("ORCHESTRATE_AGENT_ID")
+                    .args(["hook", "stop"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::io::Write::write_all(
+                    &mut c.stdin.take().unwrap(),
+                    &p.input("stop.json", &session),
+                )
+                .unwrap();
+                c
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let held = (0..10)
+            .filter(|i| p.task(&format!("t{i}"))["claimed_by"] == session.as_str())
+            .count();
+        assert_eq!(held, 1, "session {session} holds {held} tasks");
+    }
+}

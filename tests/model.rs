@@ -1047,6 +1047,7 @@ fn reason_name(r: NotReadyReason) -> &'static str {
         NotReadyReason::BackingOff => "backing_off",
         NotReadyReason::AllClaimed => "all_claimed",
         NotReadyReason::NoMatch => "no_match",
+        NotReadyReason::AgentBusy => "agent_busy",
     }
 }
 
@@ -1084,6 +1085,7 @@ impl Sut {
                 task_id: task.clone(),
                 tags: Vec::new(),
                 lease_ms: *lease_ms,
+                only_if_idle: false,
             }) {
                 Ok(ClaimOutcome::Claimed(t)) => Outcome::Claimed {
                     id: t.id.to_string(),

@@ -184,6 +184,11 @@ fn metrics_match_a_scripted_history_and_pass_the_real_parser() {
     );
     // The textfile collector form, written atomically.
     let tf = e.dir.path().join("textfile");
+    e.cmd()
+        .args(["metrics", "--textfile", tf.to_str().unwrap()])
+        .assert()
+        .code(2);
+    std::fs::create_dir(&tf).unwrap();
     e.ok(&["metrics", "--textfile", tf.to_str().unwrap()]);
     let strip_age = |s: &str| -> String {
         s.lines()

@@ -134,7 +134,17 @@ pub fn hooks(g: &Global, a: HooksArgs) -> Result<u8> {
         ScopeArg::User => Scope::User,
     };
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    let path = settings::settings_path(scope, &project, home.as_deref())?;
+    let mut path = settings::settings_path(scope, &project, home.as_deref())?;
+    // A settings file kept elsewhere and linked in (dotfiles): edit the
+    // file it points to, not the link.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        path = std::fs::canonicalize(&path).map_err(|e| {
+            orchestrate::Error::Invalid(format!(
+                "`{}` is a symlink that points nowhere ({e}); fix or remove it",
+                path.display()
+            ))
+        })?;
+    }
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -350,8 +350,18 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
             None => p.working_dir.join(".coordination"),
         },
     };
-    // Before anything is created: a missing agent binary, an empty or
-    // invalid tasks file, shell tasks without a command are usage errors.
+    // Before anything is created: a report path that cannot be written, a
+    // missing agent binary, an empty or invalid tasks file, shell tasks
+    // without a command are usage errors.
+    if let Some(out) = &p.output {
+        if out.is_dir() {
+            return Err(Usage(format!(
+                "-o {}: is a directory; give a file name for the run report",
+                out.display()
+            ))
+            .into());
+        }
+    }
     if p.spec.kind == AgentKind::Claude {
         orchestrate::agent::check_claude(&p.spec.claude)?;
     }

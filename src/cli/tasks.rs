@@ -438,6 +438,7 @@ pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
         task_id: a.task_id,
         tags: a.tags,
         lease_ms: a.lease.map(|d| d.as_millis() as u64),
+        only_if_idle: false,
     };
     let outcome = match &a.wait {
         None => c.claim(&req)?,

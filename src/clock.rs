@@ -22,8 +22,11 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Now, cut to whole milliseconds: the precision timestamps are written
+    /// with (3.1), so that a value in memory always equals what is on disk.
     fn now(&self) -> Timestamp {
-        Utc::now()
+        let now = Utc::now();
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 }
 

@@ -447,7 +447,10 @@ impl Coordination {
             t.heartbeat(token, tx.now, lease_ms.unwrap_or(self.config.lease_ms))?;
             self.index.add_lease(&t)?;
             tx.save(&t)?;
-            if old.lease_expires_at != t.lease_expires_at {
+            // Compare at the index's precision (milliseconds): removing the
+            // "old" line when it is the same line would drop the lease.
+            let ms = |x: &Task| x.lease_expires_at.map(|e| e.timestamp_millis());
+            if ms(&old) != ms(&t) {
                 self.index.remove_lease(&old)?;
             }
             tx.event("task_heartbeat", &t, None).detail.insert(

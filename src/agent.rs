@@ -268,30 +268,15 @@ fn log_paths(a: &Attempt<'_>, ext: &str) -> Result<(PathBuf, String)> {
 
 fn create_log(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::corrupt(
-                    path,
-                    "is a symlink; symlinks inside .coordination/ are refused",
-                )
-            } else {
-                Error::io("create log file", path, e)
-            }
-        })?;
-    if !f
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .is_file()
-    {
-        return Err(Error::corrupt(path, "is not a regular file"));
-    }
+    let f = crate::store::open_regular(
+        path,
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600),
+        "create log file",
+    )?;
     crate::store::set_file_mode(&f, path)?;
     Ok(f)
 }

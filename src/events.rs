@@ -80,23 +80,17 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    // O_NONBLOCK: a FIFO planted in place of the log must not hang a writer
-    // that holds the lock; it is refused below as not a regular file.
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    if !f
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .is_file()
-    {
-        return Err(Error::corrupt(path, "is not a regular file"));
-    }
+    // A FIFO or symlink planted in place of the log must not hang or
+    // redirect a writer that holds the lock.
+    let mut f = crate::store::open_regular(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600),
+        "open",
+    )?;
     crate::store::set_file_mode(&f, path)?;
     // A crash in the middle of an append leaves a torn last line: start on a
     // new line so that the torn one stays the only casualty.
@@ -149,27 +143,9 @@ pub fn read_all(path: &Path) -> Result<Vec<Event>> {
 /// # Errors
 /// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`].
 pub fn open_for_reading(path: &Path) -> Result<Option<std::fs::File>> {
-    let f = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(Error::corrupt(
-                path,
-                "is a symlink; symlinks inside .coordination/ are refused",
-            ))
-        }
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
-    if !f
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .is_file()
-    {
-        return Err(Error::corrupt(path, "is not a regular file"));
+    match crate::store::open_regular(path, OpenOptions::new().read(true), "open") {
+        Ok(f) => Ok(Some(f)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(f))
 }

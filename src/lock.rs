@@ -33,28 +33,19 @@ impl Drop for LockGuard {
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::corrupt(
-                    path,
-                    "is a symlink; symlinks inside .coordination/ are refused",
-                )
-            } else {
-                Error::io("open lock file", path, e)
-            }
-        })
-        .inspect(|f| {
-            // Only the owner can chmod; everyone else just uses the file.
-            let _ = crate::store::set_file_mode(f, path);
-        })
+    let f = crate::store::open_regular(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+        "open lock file",
+    )?;
+    // Only the owner can chmod; everyone else just uses the file.
+    let _ = crate::store::set_file_mode(&f, path);
+    Ok(f)
 }
 
 /// Takes the exclusive lock on `path`, waiting at most `timeout`.

@@ -67,6 +67,37 @@ pub fn write_plain(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(|e| Error::io("write", path, e))
 }
 
+/// Opens `path` with `opts` plus `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK`, and
+/// refuses anything but a regular file: a symlink or a FIFO planted inside
+/// `.coordination/` is bad data, never followed and never waited on.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`]
+/// (with `op`) otherwise, including not found.
+pub fn open_regular(path: &Path, opts: &mut OpenOptions, op: &'static str) -> Result<File> {
+    let f = opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::corrupt(
+                    path,
+                    "is a symlink; symlinks inside .coordination/ are refused, not followed",
+                )
+            } else {
+                Error::io(op, path, e)
+            }
+        })?;
+    if !f
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .is_file()
+    {
+        return Err(Error::corrupt(path, "is not a regular file"));
+    }
+    Ok(f)
+}
+
 /// Largest task or config file read, in bytes (16 MiB). Larger files are
 /// refused as corrupt instead of being loaded into memory.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;

@@ -119,8 +119,9 @@ pub struct ClaimArgs {
     pub poll: Option<std::time::Duration>,
 }
 
+/// A task the caller holds: its id and the fencing token of the claim.
 #[derive(Debug, Args)]
-pub struct ReleaseArgs {
+pub struct Held {
     /// The task id [env: ORCHESTRATE_TASK_ID]
     #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
     pub id: String,
@@ -135,18 +136,15 @@ pub struct ReleaseArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub held: Held,
+}
+
+#[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The task id [env: ORCHESTRATE_TASK_ID]
-    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
-    pub id: String,
-    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
-    #[arg(
-        long,
-        env = "ORCHESTRATE_FENCING_TOKEN",
-        hide_env = true,
-        value_name = "N"
-    )]
-    pub token: u64,
+    #[command(flatten)]
+    pub held: Held,
     /// New lease length for heartbeat, e.g. 5m [default: lease_ms from config.json]
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub lease: Option<std::time::Duration>,
@@ -154,17 +152,8 @@ pub struct TokenArgs {
 
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
-    /// The task id [env: ORCHESTRATE_TASK_ID]
-    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
-    pub id: String,
-    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
-    #[arg(
-        long,
-        env = "ORCHESTRATE_FENCING_TOKEN",
-        hide_env = true,
-        value_name = "N"
-    )]
-    pub token: u64,
+    #[command(flatten)]
+    pub held: Held,
     /// The result, as text
     #[arg(long, value_name = "TEXT", conflicts_with = "result_file")]
     pub result: Option<String>,
@@ -175,17 +164,8 @@ pub struct CompleteArgs {
 
 #[derive(Debug, Args)]
 pub struct FailArgs {
-    /// The task id [env: ORCHESTRATE_TASK_ID]
-    #[arg(env = "ORCHESTRATE_TASK_ID", hide_env = true)]
-    pub id: String,
-    /// The fencing token your claim returned [env: ORCHESTRATE_FENCING_TOKEN]
-    #[arg(
-        long,
-        env = "ORCHESTRATE_FENCING_TOKEN",
-        hide_env = true,
-        value_name = "N"
-    )]
-    pub token: u64,
+    #[command(flatten)]
+    pub held: Held,
     /// What went wrong
     #[arg(long, value_name = "TEXT")]
     pub error: String,
@@ -488,7 +468,11 @@ pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
 
 pub fn heartbeat(g: &Global, a: TokenArgs) -> Result<u8> {
     let c = open(g)?;
-    let t = c.heartbeat(&a.id, a.token, a.lease.map(|d| d.as_millis() as u64))?;
+    let t = c.heartbeat(
+        &a.held.id,
+        a.held.token,
+        a.lease.map(|d| d.as_millis() as u64),
+    )?;
     print_task(g, &t, || {
         format!(
             "lease of {} extended until {}",
@@ -539,13 +523,13 @@ pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
         (None, None) => None,
     };
     let c = open(g)?;
-    let t = c.complete(&a.id, a.token, result)?;
+    let t = c.complete(&a.held.id, a.held.token, result)?;
     print_task(g, &t, || format!("completed {}", t.id))
 }
 
 pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
     let c = open(g)?;
-    let t = c.fail(&a.id, a.token, &a.error)?;
+    let t = c.fail(&a.held.id, a.held.token, &a.error)?;
     print_task(g, &t, || match t.status {
         Status::Dead => format!(
             "{} failed for good: attempts exhausted ({}/{}); it is dead",
@@ -563,7 +547,7 @@ pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
 
 pub fn release(g: &Global, a: ReleaseArgs) -> Result<u8> {
     let c = open(g)?;
-    let t = c.release(&a.id, a.token)?;
+    let t = c.release(&a.held.id, a.held.token)?;
     print_task(g, &t, || format!("released {}", t.id))
 }
 

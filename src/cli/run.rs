@@ -237,42 +237,39 @@ fn progress_printer(quiet: bool, with_bar: bool) -> impl Fn(Progress) + Sync {
 }
 
 fn progress_line(p: &Progress) -> String {
-    {
-        let line = match p.clone() {
-            Progress::Planning => "leader is planning…".to_string(),
-            Progress::PlanRejected(errs) => format!(
-                "plan rejected, asking the leader again:\n  {}",
-                errs.join("\n  ")
+    match p.clone() {
+        Progress::Planning => "leader is planning…".to_string(),
+        Progress::PlanRejected(errs) => format!(
+            "plan rejected, asking the leader again:\n  {}",
+            errs.join("\n  ")
+        ),
+        Progress::Created(n) => format!("{n} task{} queued", if n == 1 { "" } else { "s" }),
+        Progress::Note(text) => text,
+        Progress::Started {
+            task_id,
+            agent_id,
+            attempt,
+        } => {
+            format!("start    {task_id} ({agent_id}, attempt {attempt})")
+        }
+        Progress::Finished { task, agent_id } => match task.status {
+            Status::Completed => format!("done     {} ({agent_id})", task.id),
+            Status::Pending => format!(
+                "failed   {} ({agent_id}): {}; retrying (attempt {}/{})",
+                task.id,
+                output::truncate(task.error.as_deref().unwrap_or(""), 80),
+                task.attempts,
+                task.max_attempts
             ),
-            Progress::Created(n) => format!("{n} task{} queued", if n == 1 { "" } else { "s" }),
-            Progress::Note(text) => text,
-            Progress::Started {
-                task_id,
-                agent_id,
-                attempt,
-            } => {
-                format!("start    {task_id} ({agent_id}, attempt {attempt})")
-            }
-            Progress::Finished { task, agent_id } => match task.status {
-                Status::Completed => format!("done     {} ({agent_id})", task.id),
-                Status::Pending => format!(
-                    "failed   {} ({agent_id}): {}; retrying (attempt {}/{})",
-                    task.id,
-                    output::truncate(task.error.as_deref().unwrap_or(""), 80),
-                    task.attempts,
-                    task.max_attempts
-                ),
-                s => format!(
-                    "{s:<8} {} ({agent_id}): {}",
-                    task.id,
-                    output::truncate(task.error.as_deref().unwrap_or(""), 80)
-                ),
-            },
-            Progress::LeaseLost { task_id, agent_id } => {
-                format!("lease lost {task_id} ({agent_id}); result discarded")
-            }
-        };
-        line
+            s => format!(
+                "{s:<8} {} ({agent_id}): {}",
+                task.id,
+                output::truncate(task.error.as_deref().unwrap_or(""), 80)
+            ),
+        },
+        Progress::LeaseLost { task_id, agent_id } => {
+            format!("lease lost {task_id} ({agent_id}); result discarded")
+        }
     }
 }
 

@@ -98,6 +98,13 @@ pub struct RunArgs {
     /// Predefined tasks: a JSON array (the Python tool's format) or {"tasks": [...]}
     #[arg(short = 'f', long = "tasks", value_name = "FILE")]
     pub tasks: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: RunCommon,
+}
+
+/// Flags `run` and `from-config` share: the report and the agent.
+#[derive(Debug, Args)]
+pub struct RunCommon {
     /// Write a JSON run report to FILE
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -120,19 +127,8 @@ pub struct FromConfigArgs {
     /// Override max_workers from the file
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
-    /// Write a JSON run report to FILE
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Which agent runs tasks
-    #[arg(
-        long = "agent",
-        visible_alias = "adapter",
-        value_enum,
-        default_value = "claude"
-    )]
-    pub agent: Kind,
     #[command(flatten)]
-    pub adapter: AdapterArgs,
+    pub common: RunCommon,
 }
 
 #[derive(Debug, Args)]
@@ -483,7 +479,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
             .into()),
             None => None,
         };
-    let kind: AgentKind = a.agent.into();
+    let kind: AgentKind = a.common.agent.into();
     if tasks.is_none() && kind == AgentKind::Shell {
         return Err(Usage(
             "the shell agent cannot plan: pass --no-plan --tasks FILE with a `command` per task"
@@ -500,8 +496,8 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
             timeout: a.timeout,
             tasks,
             master_plan: None,
-            output: a.output,
-            spec: a.adapter.spec(kind, None),
+            output: a.common.output,
+            spec: a.common.adapter.spec(kind, None),
         },
     )
 }
@@ -519,7 +515,7 @@ pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
         None => base.to_path_buf(),
     };
     let working_dir = working_dir(Some(&wd))?;
-    let kind: AgentKind = a.agent.into();
+    let kind: AgentKind = a.common.agent.into();
     let tasks = (!rf.tasks.is_empty()).then_some(rf.tasks);
     if tasks.is_none() && kind == AgentKind::Shell {
         return Err(Usage("the configuration has no tasks and the shell agent cannot plan: add tasks with `create-task -c FILE`".into()).into());
@@ -541,8 +537,8 @@ pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
             timeout: rf.task_timeout.unwrap_or(600).max(1),
             tasks,
             master_plan: rf.master_plan,
-            output: a.output,
-            spec: a.adapter.spec(kind, rf.model),
+            output: a.common.output,
+            spec: a.common.adapter.spec(kind, rf.model),
         },
     )
 }

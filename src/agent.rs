@@ -52,6 +52,10 @@ pub struct ClaudeOptions {
     pub permission_mode: Option<String>,
     /// More arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// The `orchestrate` executable named in the commands the prompt hands
+    /// to the model, and in the allow rules passed with `--allowedTools`
+    /// (the CLI passes its own absolute path; default `orchestrate`).
+    pub orchestrate_bin: PathBuf,
 }
 
 impl Default for ClaudeOptions {
@@ -61,8 +65,56 @@ impl Default for ClaudeOptions {
             model: None,
             permission_mode: Some("acceptEdits".into()),
             extra_args: Vec::new(),
+            orchestrate_bin: PathBuf::from("orchestrate"),
         }
     }
+}
+
+/// The `orchestrate` subcommands a model is handed and allowed to run
+/// without a person approving them (`spec/PROTOCOL.md` section 13.2).
+pub const MODEL_SUBCOMMANDS: [&str; 5] =
+    ["complete", "fail", "release", "heartbeat", "create-task"];
+
+/// The permission rules, in Claude Code's syntax (`Bash(PREFIX:*)`), that
+/// allow exactly the commands we hand to a model: `PROGRAM SUBCOMMAND ...`
+/// for each of [`MODEL_SUBCOMMANDS`], where `program` is the word the
+/// commands start with (see [`shell_word`]). Nothing wider: no `claim`, no
+/// `run`, no `hooks`.
+pub fn allow_rules(program: &str) -> Vec<String> {
+    MODEL_SUBCOMMANDS
+        .iter()
+        .map(|sub| format!("Bash({program} {sub}:*)"))
+        .collect()
+}
+
+/// `s` as one POSIX shell word: unchanged when it has only characters that
+/// need no quoting, else single-quoted (`'` written as `'\''`).
+pub fn shell_word(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The commands a model runs to report `task` (id and fencing token
+/// literal, no shell variables, `--dir` absolute), one per line as
+/// Markdown list items: complete, fail, release, heartbeat, create-task.
+/// `program` is the first word (see [`shell_word`]).
+pub fn report_commands(program: &str, dir: &Path, task: &Task) -> String {
+    let d = shell_word(&dir.display().to_string());
+    format!(
+        "- when done: `{program} complete {id} --token {tok} --dir {d} --result \"<one-paragraph summary>\"`\n\
+- if you cannot do it: `{program} fail {id} --token {tok} --dir {d} --error \"<why>\"`\n\
+- to hand it back untouched: `{program} release {id} --token {tok} --dir {d}`\n\
+- during long work (keeps your lease): `{program} heartbeat {id} --token {tok} --dir {d}`\n\
+- to add follow-up work: `{program} create-task \"<description>\" -p <1-10> --dir {d} [-d {id}]`",
+        id = task.id,
+        tok = task.fencing_token
+    )
 }
 
 /// Adapter configuration.
@@ -114,6 +166,28 @@ pub struct Execution {
     pub log_file: String,
     /// True when the attempt was stopped through `cancel`.
     pub cancelled: bool,
+    /// True when the failure would be the same on every attempt (a shell
+    /// task without a command, an adapter that refuses its arguments): the
+    /// task goes to `dead` at once (`spec` 13.2).
+    pub permanent: bool,
+    /// True when no task can run with this adapter as configured (the
+    /// Claude CLI refusing its arguments, a binary that cannot start): the
+    /// run stops at once with `error`.
+    pub stop_run: bool,
+}
+
+impl Execution {
+    fn failed(error: String, result: Value, log_file: String) -> Self {
+        Execution {
+            ok: false,
+            result,
+            error: Some(error),
+            log_file,
+            cancelled: false,
+            permanent: false,
+            stop_run: false,
+        }
+    }
 }
 
 /// How a child process ended.
@@ -248,7 +322,10 @@ fn base_env(cmd: &mut Command, a: &Attempt<'_>) {
             "ORCHESTRATE_FENCING_TOKEN",
             a.task.fencing_token.to_string(),
         )
-        .env("ORCHESTRATE_ATTEMPT", a.task.attempts.to_string());
+        .env("ORCHESTRATE_ATTEMPT", a.task.attempts.to_string())
+        // Our Claude Code hooks do nothing in a process a worker started:
+        // the worker owns the task (`spec` 14.5).
+        .env(crate::hook::HOOKS_ENV, "off");
     if let Some(c) = a.correlation_id {
         cmd.env("ORCHESTRATE_CORRELATION_ID", c);
     }
@@ -296,16 +373,16 @@ pub fn execute(spec: &AgentSpec, a: &Attempt<'_>) -> Result<Execution> {
 fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
     let (log_path, log_rel) = log_paths(a, "log")?;
     let Some(command) = a.task.command.as_deref() else {
-        return Ok(Execution {
-            ok: false,
-            result: json!({ "exit_code": null }),
-            error: Some(format!(
-                "task `{}` has no `command`: the shell agent runs a task's command; add one (create-task --command) or use --agent claude",
-                a.task.id
-            )),
-            log_file: log_rel,
-            cancelled: false,
-        });
+        let mut e = Execution::failed(
+            format!(
+                "task `{}` has no `command`: the shell adapter runs a task's command; add one (`orchestrate edit` or create-task --command) and `orchestrate retry {}`, or run it with --adapter claude",
+                a.task.id, a.task.id
+            ),
+            json!({ "exit_code": null }),
+            log_rel,
+        );
+        e.permanent = true;
+        return Ok(e);
     };
     let log = create_log(&log_path)?;
     let err = log
@@ -317,13 +394,10 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
     let end = match run_process(cmd, a.timeout, a.cancel) {
         Ok(end) => end,
         Err(e) => {
-            return Ok(Execution {
-                ok: false,
-                result: json!({ "exit_code": null }),
-                error: Some(e.to_string()),
-                log_file: log_rel,
-                cancelled: false,
-            })
+            let mut x = Execution::failed(e.to_string(), json!({ "exit_code": null }), log_rel);
+            x.permanent = true;
+            x.stop_run = true;
+            return Ok(x);
         }
     };
     let code = end.status.and_then(|s| s.code());
@@ -340,6 +414,8 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
         result,
         log_file: log_rel,
         cancelled: end.cancelled,
+        permanent: false,
+        stop_run: false,
     })
 }
 
@@ -368,13 +444,80 @@ pub fn check_claude(opts: &ClaudeOptions) -> Result<()> {
 /// A parsed reply of `claude -p --output-format json`.
 #[derive(Debug, Clone)]
 pub struct ClaudeReply {
-    /// The final text.
+    /// The final text (`result`; empty when the reply has none, as with
+    /// `error_max_turns`).
     pub result: String,
-    /// True when Claude reported an error.
+    /// True when Claude reported an error (`is_error`, or a `subtype`
+    /// starting with `error`).
     pub is_error: bool,
+    /// `subtype`: `success`, `error_max_turns`, `error_during_execution`, ...
+    pub subtype: Option<String>,
+    /// `errors`: the reasons an error reply carries (e.g. `Reached maximum
+    /// number of turns (1)`).
+    pub errors: Vec<String>,
+    /// `permission_denials`: the tool calls the CLI refused to run, as
+    /// given (`tool_name`, `tool_use_id`, `tool_input`).
+    pub permission_denials: Vec<Value>,
     /// The whole JSON object as Claude printed it (fields kept as given:
     /// `session_id`, `total_cost_usd`, `num_turns`, `duration_ms`, ...).
     pub raw: Value,
+}
+
+impl ClaudeReply {
+    /// The error text of an error reply: subtype, `errors` and `result`,
+    /// whichever are there, never empty.
+    pub fn error_text(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.errors.is_empty() {
+            parts.push(self.errors.join("; "));
+        }
+        if !self.result.trim().is_empty() {
+            parts.push(truncate(self.result.trim(), 2000));
+        }
+        if parts.is_empty() {
+            parts.push("no reason given".into());
+        }
+        // `subtype` says `success` on API errors; `terminal_reason` and
+        // `api_error_status` say what happened then.
+        let mut why: Vec<String> = [self.subtype.as_deref(), self.raw_str("terminal_reason")]
+            .into_iter()
+            .flatten()
+            .filter(|s| *s != "success" && *s != "completed")
+            .map(str::to_string)
+            .collect();
+        if let Some(code) = self.raw.get("api_error_status").and_then(Value::as_u64) {
+            why.push(format!("HTTP {code}"));
+        }
+        if why.is_empty() {
+            why.push("is_error".into());
+        }
+        format!(
+            "claude reported an error ({}): {}",
+            why.join(", "),
+            parts.join("; ")
+        )
+    }
+
+    fn raw_str(&self, key: &str) -> Option<&str> {
+        self.raw.get(key).and_then(Value::as_str)
+    }
+
+    /// The commands of Bash calls that were refused and start with
+    /// `program` or any `orchestrate` executable (our own reporting
+    /// commands).
+    pub fn denied_commands_of(&self, program: &str) -> Vec<String> {
+        let prefix = format!("{program} ");
+        self.permission_denials
+            .iter()
+            .filter_map(|d| d.get("tool_input")?.get("command")?.as_str())
+            .filter(|c| {
+                let c = c.trim_start();
+                let first = c.split_whitespace().next().unwrap_or("");
+                c.starts_with(&prefix) || first == "orchestrate" || first.ends_with("/orchestrate")
+            })
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// Parses Claude Code's JSON output (one object, or JSON lines whose last
@@ -407,23 +550,72 @@ pub fn parse_claude_output(stdout: &str) -> std::result::Result<ClaudeReply, Str
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     };
+    let subtype = v.get("subtype").and_then(Value::as_str).map(str::to_string);
     let is_error = v.get("is_error").and_then(Value::as_bool).unwrap_or(false)
-        || v.get("subtype")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.starts_with("error"));
+        || subtype.as_deref().is_some_and(|s| s.starts_with("error"));
+    let errors = match v.get("errors") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    let permission_denials = v
+        .get("permission_denials")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     Ok(ClaudeReply {
         result,
         is_error,
+        subtype,
+        errors,
+        permission_denials,
         raw: v,
     })
 }
 
+/// Lines of the Claude CLI's stderr that mean it refused to start as
+/// configured, so every attempt would fail the same way (`spec` 13.2):
+/// commander's argument errors and the refusal of
+/// `--dangerously-skip-permissions`/`bypassPermissions` as root.
+const CLI_REFUSALS: [&str; 6] = [
+    "error: unknown option",
+    "error: option '",
+    "error: too many arguments",
+    "error: missing required argument",
+    "cannot be used with root/sudo privileges",
+    "Invalid permission mode",
+];
+
+/// How a `claude` run ended.
+#[derive(Debug)]
+pub enum ClaudeOutcome {
+    /// It printed a result object (success or an error reply).
+    Reply(ClaudeReply),
+    /// It failed without a usable reply; `permanent` when every attempt
+    /// would fail the same way (the CLI refusing its arguments, `spec` 13.2).
+    Failed {
+        /// Why, with the CLI's own words.
+        reason: String,
+        /// The same on every attempt.
+        permanent: bool,
+    },
+}
+
 /// Runs `claude -p PROMPT --output-format json` in `working_dir` and parses
-/// the reply. Output goes to `stdout_path`; stderr to `stderr_path`.
+/// the reply. Output goes to `stdout_path`; stderr to `stderr_path`. The
+/// allow rules of [`allow_rules`] for `opts.orchestrate_bin` are passed
+/// with `--allowedTools`.
 ///
 /// # Errors
-/// [`Error::Other`] when the process cannot start; a failed, timed-out or
-/// unparsable run is returned as `Ok((end, Err(reason)))`.
+/// [`Error::Io`] when the log files cannot be made. A process that cannot
+/// start, fails, times out or prints nothing usable is an
+/// [`ClaudeOutcome::Failed`].
 #[allow(clippy::too_many_arguments)]
 pub fn run_claude(
     opts: &ClaudeOptions,
@@ -434,7 +626,7 @@ pub fn run_claude(
     timeout: Duration,
     cancel: &AtomicBool,
     env: &dyn Fn(&mut Command),
-) -> Result<(ProcessEnd, std::result::Result<ClaudeReply, String>)> {
+) -> Result<(Option<ProcessEnd>, ClaudeOutcome)> {
     let out = create_log(stdout_path)?;
     let err = create_log(stderr_path)?;
     let mut cmd = Command::new(&opts.bin);
@@ -445,36 +637,68 @@ pub fn run_claude(
     if let Some(p) = &opts.permission_mode {
         cmd.arg("--permission-mode").arg(p);
     }
+    let program = shell_word(&opts.orchestrate_bin.display().to_string());
+    cmd.arg("--allowedTools")
+        .arg(allow_rules(&program).join(","));
     cmd.args(&opts.extra_args)
         .current_dir(working_dir)
         .stdout(out)
         .stderr(err);
     env(&mut cmd);
-    let end = run_process(cmd, timeout, cancel)?;
-    let stdout = std::fs::read_to_string(stdout_path).unwrap_or_default();
-    let parsed = parse_claude_output(&stdout);
-    let outcome = if end.timed_out || end.cancelled {
-        Err(describe_end(&end, timeout))
-    } else {
-        match (end.status.and_then(|s| s.code()), parsed) {
-            (Some(0), Ok(r)) => Ok(r),
-            (_, Ok(r)) if r.is_error => Ok(r),
-            (_, Ok(r)) => Err(format!(
-                "{}; claude said: {}",
-                describe_end(&end, timeout),
-                truncate(&r.result, 500)
-            )),
-            (Some(0), Err(e)) => Err(e),
-            (_, Err(_)) => Err(format!(
-                "{}; stderr: {}",
-                describe_end(&end, timeout),
-                truncate(&tail(stderr_path, 2000), 500)
-            )),
+    let end = match run_process(cmd, timeout, cancel) {
+        Ok(end) => end,
+        Err(e) => {
+            return Ok((
+                None,
+                ClaudeOutcome::Failed {
+                    reason: e.to_string(),
+                    permanent: true,
+                },
+            ))
         }
     };
-    Ok((end, outcome))
+    let stdout = std::fs::read_to_string(stdout_path).unwrap_or_default();
+    let parsed = parse_claude_output(&stdout);
+    let stderr_tail = || tail(stderr_path, 4000).trim().to_string();
+    let outcome = if end.timed_out || end.cancelled {
+        ClaudeOutcome::Failed {
+            reason: describe_end(&end, timeout),
+            permanent: false,
+        }
+    } else {
+        match (end.status.and_then(|s| s.code()), parsed) {
+            (Some(0), Ok(r)) => ClaudeOutcome::Reply(r),
+            (_, Ok(r)) if r.is_error => ClaudeOutcome::Reply(r),
+            (_, Ok(r)) => ClaudeOutcome::Failed {
+                reason: format!(
+                    "{}; claude said: {}",
+                    describe_end(&end, timeout),
+                    truncate(&r.result, 2000)
+                ),
+                permanent: false,
+            },
+            (Some(0), Err(e)) => ClaudeOutcome::Failed {
+                reason: e,
+                permanent: false,
+            },
+            (_, Err(_)) => {
+                let stderr = stderr_tail();
+                let permanent = CLI_REFUSALS.iter().any(|p| stderr.contains(p));
+                ClaudeOutcome::Failed {
+                    reason: if stderr.is_empty() {
+                        format!("{}; claude printed nothing", describe_end(&end, timeout))
+                    } else {
+                        format!("{}; claude said: {stderr}", describe_end(&end, timeout))
+                    },
+                    permanent,
+                }
+            }
+        }
+    };
+    Ok((Some(end), outcome))
 }
 
+/// The first `n` characters of `s`, with `…` when it was cut.
 fn truncate(s: &str, n: usize) -> String {
     let t: String = s.chars().take(n).collect();
     if t.len() < s.len() {
@@ -484,8 +708,9 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// The prompt a worker gets (`spec` section 13.2).
-pub fn worker_prompt(a: &Attempt<'_>) -> String {
+/// The prompt a worker gets (`spec` section 13.2). `program` is the word
+/// the reporting commands start with (see [`shell_word`]).
+pub fn worker_prompt(a: &Attempt<'_>, program: &str) -> String {
     let t = a.task;
     let mut p = String::new();
     if !a.goal.is_empty() {
@@ -519,8 +744,10 @@ pub fn worker_prompt(a: &Attempt<'_>) -> String {
     }
     p += "\n## How to report\nDo the task in the current directory. When you are done, end with a short summary of what you did, the files you changed or created, and anything the other workers should know. That final message is recorded as the task's result. If you cannot do the task, say why and end your reply with the line `TASK FAILED`.\n";
     p += &format!(
-        "If you find work that should be done separately, add it to the shared queue with `orchestrate create-task \"DESCRIPTION\" -p N` (the environment already points `orchestrate` at the queue; your task is {} with fencing token {}).\n",
-        t.id, t.fencing_token
+        "You may also report yourself, or add work that should be done separately to the shared queue, with these commands (they run without approval; your task is {} with fencing token {}):\n{}\n",
+        t.id,
+        t.fencing_token,
+        report_commands(program, a.coordination_dir, t)
     );
     p
 }
@@ -528,9 +755,10 @@ pub fn worker_prompt(a: &Attempt<'_>) -> String {
 fn execute_claude(opts: &ClaudeOptions, a: &Attempt<'_>) -> Result<Execution> {
     let (stderr_path, log_rel) = log_paths(a, "log")?;
     let (stdout_path, _) = log_paths(a, "json")?;
-    let prompt = worker_prompt(a);
+    let program = shell_word(&opts.orchestrate_bin.display().to_string());
+    let prompt = worker_prompt(a, &program);
     let env = |cmd: &mut Command| base_env(cmd, a);
-    let (end, outcome) = match run_claude(
+    let (end, outcome) = run_claude(
         opts,
         &prompt,
         a.working_dir,
@@ -539,51 +767,77 @@ fn execute_claude(opts: &ClaudeOptions, a: &Attempt<'_>) -> Result<Execution> {
         a.timeout,
         a.cancel,
         &env,
-    ) {
-        Ok(x) => x,
-        Err(e) => {
-            return Ok(Execution {
-                ok: false,
-                result: json!({}),
-                error: Some(e.to_string()),
-                log_file: log_rel,
-                cancelled: false,
-            })
-        }
-    };
+    )?;
+    let cancelled = end.as_ref().is_some_and(|e| e.cancelled);
     Ok(match outcome {
-        Ok(reply) => {
+        ClaudeOutcome::Reply(reply) => {
             let failed_by_text = reply.result.trim_end().ends_with("TASK FAILED");
             let mut result = json!({ "result": reply.result });
-            for k in ["session_id", "total_cost_usd", "num_turns", "duration_ms"] {
+            for k in [
+                "subtype",
+                "session_id",
+                "total_cost_usd",
+                "num_turns",
+                "duration_ms",
+            ] {
                 if let Some(v) = reply.raw.get(k) {
                     result[k] = v.clone();
                 }
             }
+            if !reply.errors.is_empty() {
+                result["errors"] = json!(reply.errors);
+            }
+            if !reply.permission_denials.is_empty() {
+                result["permission_denials"] = Value::Array(reply.permission_denials.clone());
+            }
             result["log_file"] = json!(log_rel);
-            let ok = !reply.is_error && !failed_by_text;
+            let denied = reply.denied_commands_of(&program);
+            let ok = !reply.is_error && !failed_by_text && denied.is_empty();
+            let error = if reply.is_error {
+                Some(reply.error_text())
+            } else if !denied.is_empty() {
+                Some(format!(
+                    "claude was not allowed to run `{}` (permission_denials); allow it with --agent-arg --allowedTools --agent-arg '{}'",
+                    denied[0],
+                    allow_rules(&program).join(",")
+                ))
+            } else if failed_by_text {
+                Some(format!(
+                    "the worker reported TASK FAILED: {}",
+                    last_lines(&reply.result, 3)
+                ))
+            } else {
+                None
+            };
             Execution {
                 ok,
-                error: (!ok).then(|| {
-                    if reply.is_error {
-                        format!("claude reported an error: {}", truncate(&reply.result, 500))
-                    } else {
-                        "the worker reported TASK FAILED".to_string()
-                    }
-                }),
+                error,
                 result,
                 log_file: log_rel,
-                cancelled: end.cancelled,
+                cancelled,
+                permanent: false,
+                stop_run: false,
             }
         }
-        Err(reason) => Execution {
-            ok: false,
-            result: json!({ "exit_code": end.status.and_then(|s| s.code()), "log_file": log_rel }),
-            error: Some(reason),
-            log_file: log_rel,
-            cancelled: end.cancelled,
-        },
+        ClaudeOutcome::Failed { reason, permanent } => {
+            let mut x = Execution::failed(
+                reason,
+                json!({ "exit_code": end.as_ref().and_then(|e| e.status).and_then(|s| s.code()), "log_file": log_rel }),
+                log_rel,
+            );
+            x.cancelled = cancelled;
+            x.permanent = permanent;
+            x.stop_run = permanent;
+            x
+        }
     })
+}
+
+/// The last `n` non-empty lines of `s`, joined by ` / `.
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..].join(" / ")
 }
 
 #[cfg(test)]

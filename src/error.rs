@@ -120,6 +120,11 @@ pub enum Error {
     /// rejected twice). Exit 1.
     #[error("{0}")]
     Other(String),
+    /// The agent adapter cannot run any task as configured (the Claude CLI
+    /// refused its arguments, its binary cannot start): a run stops at once
+    /// instead of spending every task's attempts (`spec` 13.2). Exit 1.
+    #[error("the agent cannot run as configured, so the run stopped: {0}")]
+    AdapterUnusable(String),
 }
 
 impl Error {
@@ -153,7 +158,7 @@ impl Error {
             Error::Corrupt { .. } | Error::NewerSchema { .. } => 65,
             Error::Io { .. } => 74,
             Error::Interrupted => 130,
-            Error::Other(_) => 1,
+            Error::Other(_) | Error::AdapterUnusable(_) => 1,
         }
     }
 
@@ -176,6 +181,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Interrupted => "interrupted",
             Error::Other(_) => "other",
+            Error::AdapterUnusable(_) => "adapter_unusable",
         }
     }
 }

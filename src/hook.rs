@@ -31,6 +31,25 @@ pub const DEFAULT_HOOK_LEASE_MS: u64 = 30 * 60 * 1000;
 /// Default bound on Stop-hook blocks in a row without progress.
 pub const DEFAULT_MAX_BLOCKS: u32 = 3;
 
+/// The environment variable that turns our hooks off: `run` and `work` set
+/// it to `off` for every process they start, so a Claude session started
+/// by a worker never has our hooks claim, hand over, block or release
+/// anything; the worker owns that task (`spec/PROTOCOL.md` section 14.5).
+pub const HOOKS_ENV: &str = "ORCHESTRATE_HOOKS";
+
+/// True when our hooks must do nothing in this process: [`HOOKS_ENV`] is
+/// `off` (or `0`, `false`), or the process runs inside a worker's attempt
+/// (`ORCHESTRATE_FENCING_TOKEN` is set, which only `run`/`work` do).
+pub fn hooks_disabled() -> bool {
+    let off = std::env::var(HOOKS_ENV).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "off" | "0" | "false"
+        )
+    });
+    off || std::env::var_os("ORCHESTRATE_FENCING_TOKEN").is_some_and(|v| !v.is_empty())
+}
+
 /// The Claude Code hook events we answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookEvent {
@@ -211,6 +230,10 @@ pub struct HookOptions {
     pub lease_ms: u64,
     /// Bound on Stop-hook blocks in a row without progress.
     pub max_blocks: u32,
+    /// The first word of the commands handed to Claude: the program as the
+    /// hook was invoked (`orchestrate`, or the path `hooks install
+    /// --program` wrote), so that the allow rules of the settings match.
+    pub program: String,
 }
 
 /// What to print: the JSON document for stdout (`None`: print nothing).
@@ -220,27 +243,10 @@ pub struct HookOutput {
     pub stdout: Option<Value>,
 }
 
-/// Single-quotes `s` for a POSIX shell.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn commands(c: &Coordination, t: &Task) -> String {
+fn commands(c: &Coordination, o: &HookOptions, t: &Task) -> String {
     // `--dir` with the absolute path: the session's shell may be in a
     // subdirectory or another worktree.
-    let o = format!(
-        "orchestrate --dir {}",
-        shell_quote(&c.layout().root().display().to_string())
-    );
-    format!(
-        "- when done: `{o} complete {id} --token {tok} --result \"<one-paragraph summary>\"`\n\
-- if you cannot do it: `{o} fail {id} --token {tok} --error \"<why>\"`\n\
-- to hand it back untouched: `{o} release {id} --token {tok}`\n\
-- during long work (keeps your lease): `{o} heartbeat {id} --token {tok}`\n\
-- to add follow-up work: `{o} create-task \"<description>\" -p <1-10> [-d {id}]`",
-        id = t.id,
-        tok = t.fencing_token
-    )
+    crate::agent::report_commands(&o.program, c.layout().root(), t)
 }
 
 fn describe(t: &Task) -> String {
@@ -320,7 +326,7 @@ pub fn handle(
                     text += &format!(
                         "\nYou hold this task:\n{}\nCommands:\n{}",
                         describe(t),
-                        commands(c, t)
+                        commands(c, o, t)
                     );
                 }
             }
@@ -340,7 +346,7 @@ pub fn handle(
                     format!(
                         "Reminder: you hold {} Report it with the commands:\n{}",
                         describe(t),
-                        commands(c, t)
+                        commands(c, o, t)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -411,7 +417,7 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
                 "reason": format!(
                     "You still hold a task from the shared queue that is not reported yet.\n{}\nFinish it, then run exactly one of:\n{}",
                     describe(t),
-                    commands(c, t)
+                    commands(c, o, t)
                 ),
             })),
         });
@@ -437,7 +443,7 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
                         "reason": format!(
                             "You hold a task from the shared queue that is not reported yet.\n{}\nFinish it, then run exactly one of:\n{}",
                             describe(t),
-                            commands(c, t)
+                            commands(c, o, t)
                         ),
                     })),
                 }),
@@ -458,7 +464,7 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
                         "Next task from the shared queue (claimed for you as agent `{}`):\n{}\nDo it now. Then run exactly one of:\n{}",
                         o.agent,
                         describe(&t),
-                        commands(c, &t)
+                        commands(c, o, &t)
                     ),
                 })),
             })

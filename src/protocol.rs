@@ -517,7 +517,38 @@ impl Coordination {
             if log_file.is_some() {
                 t.log_file = log_file;
             }
-            tx.fail_attempt(t, error.to_string(), "task_failed")
+            tx.fail_attempt(t, error.to_string(), "task_failed", false)
+        })
+    }
+
+    /// As [`Coordination::fail_logged`], but the task goes to `dead` at
+    /// once, whatever attempts are left: for a failure that would be the
+    /// same on every attempt (a shell task with no command, an adapter that
+    /// refuses its arguments; `spec` 5.4). Its dependents become blocked;
+    /// `retry` brings it back. The `task_failed` event carries
+    /// `"permanent": true`.
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn fail_permanent_logged(
+        &self,
+        id: &str,
+        token: u64,
+        error: &str,
+        result: Option<Value>,
+        log_file: Option<String>,
+    ) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| {
+            let mut t = tx.load(&id)?;
+            t.check_token(token, tx.now, "fail")?;
+            if result.is_some() {
+                t.result = result;
+            }
+            if log_file.is_some() {
+                t.log_file = log_file;
+            }
+            tx.fail_attempt(t, error.to_string(), "task_failed", true)
         })
     }
 
@@ -1024,7 +1055,7 @@ impl Txn<'_> {
                 "lease expired: {} stopped heartbeating",
                 holder.as_deref().unwrap_or("the holder")
             );
-            let t = self.fail_attempt(t, msg, "task_expired")?;
+            let t = self.fail_attempt(t, msg, "task_expired", false)?;
             out.push(Reaped {
                 task_id: id,
                 agent_id: holder,
@@ -1037,11 +1068,21 @@ impl Txn<'_> {
 
     /// Ends a claimed task's attempt as failed and persists it; `pending`
     /// with backoff or `dead`, whose dependents become blocked.
-    fn fail_attempt(&mut self, mut t: Task, error: String, event: &str) -> Result<Task> {
+    fn fail_attempt(
+        &mut self,
+        mut t: Task,
+        error: String,
+        event: &str,
+        permanent: bool,
+    ) -> Result<Task> {
         let old = t.clone();
         let u: f64 = rand::random();
         let delay = self.c.backoff_for(&t).delay_ms(t.attempts, u);
-        let status = t.end_attempt_failed(self.now, error.clone(), delay);
+        let status = if permanent {
+            t.end_attempt_dead(self.now, error.clone())
+        } else {
+            t.end_attempt_failed(self.now, error.clone(), delay)
+        };
         if status == Status::Pending {
             self.c.index.add_ready(&t)?;
         }
@@ -1049,6 +1090,9 @@ impl Txn<'_> {
         self.c.index.remove_lease(&old)?;
         let e = self.event_from(event, &t, Some(old.status), old.claimed_by.clone());
         e.detail.insert("error".into(), Value::from(error));
+        if permanent {
+            e.detail.insert("permanent".into(), Value::from(true));
+        }
         if status == Status::Pending {
             e.detail.insert("backoff_ms".into(), Value::from(delay));
         }

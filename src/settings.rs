@@ -42,15 +42,11 @@ pub const HOOK_TIMEOUT_S: u64 = 30;
 /// `orchestrate` executable.
 pub fn hook_command(program: &str, event: HookEvent) -> String {
     // Quoted for the shell Claude Code runs the command with, when needed.
-    let safe = program
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b));
-    let prog = if safe {
-        program.to_string()
-    } else {
-        format!("'{}'", program.replace('\'', "'\\''"))
-    };
-    format!("{prog} hook {}", event.cli_name())
+    format!(
+        "{} hook {}",
+        crate::agent::shell_word(program),
+        event.cli_name()
+    )
 }
 
 /// The first word of a shell command, with single quotes removed.
@@ -125,12 +121,93 @@ pub fn parse(path: &Path, text: Option<&str>) -> Result<Map<String, Value>> {
             ));
         }
     }
+    if let Some(p) = o.get("permissions") {
+        let ok = p.as_object().is_some_and(|m| {
+            m.get("allow")
+                .is_none_or(|a| a.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        });
+        if !ok {
+            return Err(Error::corrupt(
+                path,
+                "`permissions` is not an object whose `allow` is an array of strings; nothing was changed",
+            ));
+        }
+    }
     Ok(o)
 }
 
-/// Adds our entries for every event unless an identical command is there.
-/// Other keys and hooks are kept in place. Returns true when it changed.
+/// True for a permission rule that [`install`] wrote: `Bash(PROGRAM SUB:*)`
+/// with a program ending in `orchestrate` and one of
+/// [`crate::agent::MODEL_SUBCOMMANDS`].
+pub fn is_our_rule(rule: &str) -> bool {
+    let Some(inner) = rule
+        .strip_prefix("Bash(")
+        .and_then(|r| r.strip_suffix(":*)"))
+    else {
+        return false;
+    };
+    let (prog, rest) = first_word(inner);
+    let is_orch = prog == "orchestrate" || prog.ends_with("/orchestrate");
+    is_orch && crate::agent::MODEL_SUBCOMMANDS.contains(&rest.trim())
+}
+
+/// Adds our hook entries for every event unless an identical command is
+/// there, and the allow rules of [`crate::agent::allow_rules`] to
+/// `permissions.allow`, so that the commands the hooks hand to Claude run
+/// without a person approving them (`spec` 14.4). Other keys, hooks and
+/// rules are kept in place. Returns true when it changed.
 pub fn install(settings: &mut Map<String, Value>, program: &str) -> bool {
+    let mut changed = install_rules(settings, program);
+    changed |= install_hooks(settings, program);
+    changed
+}
+
+fn install_rules(settings: &mut Map<String, Value>, program: &str) -> bool {
+    let perms = settings
+        .entry("permissions")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(perms) = perms.as_object_mut() else {
+        return false;
+    };
+    let allow = perms
+        .entry("allow")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(allow) = allow.as_array_mut() else {
+        return false;
+    };
+    let mut changed = false;
+    for rule in crate::agent::allow_rules(&crate::agent::shell_word(program)) {
+        if !allow.iter().any(|r| r.as_str() == Some(&rule)) {
+            allow.push(Value::String(rule));
+            changed = true;
+        }
+    }
+    changed
+}
+
+fn uninstall_rules(settings: &mut Map<String, Value>) -> bool {
+    let Some(perms) = settings
+        .get_mut("permissions")
+        .and_then(Value::as_object_mut)
+    else {
+        return false;
+    };
+    let Some(allow) = perms.get_mut("allow").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let before = allow.len();
+    allow.retain(|r| !r.as_str().is_some_and(is_our_rule));
+    let changed = allow.len() != before;
+    if changed && allow.is_empty() {
+        perms.remove("allow");
+        if perms.is_empty() {
+            settings.remove("permissions");
+        }
+    }
+    changed
+}
+
+fn install_hooks(settings: &mut Map<String, Value>, program: &str) -> bool {
     let hooks = settings
         .entry("hooks")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -162,9 +239,14 @@ pub fn install(settings: &mut Map<String, Value>, program: &str) -> bool {
     changed
 }
 
-/// Removes every hook entry of ours, and groups and events left empty by
-/// that. Returns true when it changed.
+/// Removes every hook entry and allow rule of ours, and groups, events and
+/// keys left empty by that. Returns true when it changed.
 pub fn uninstall(settings: &mut Map<String, Value>) -> bool {
+    let rules = uninstall_rules(settings);
+    uninstall_hooks(settings) | rules
+}
+
+fn uninstall_hooks(settings: &mut Map<String, Value>) -> bool {
     let Some(hooks) = settings.get_mut("hooks").and_then(Value::as_object_mut) else {
         return false;
     };

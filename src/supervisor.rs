@@ -330,6 +330,9 @@ fn run_attempt(
         }
         return Ok(());
     }
+    let stop_run = exec
+        .stop_run
+        .then(|| exec.error.clone().unwrap_or_default());
     let reported = if exec.ok {
         c.complete_logged(
             t.id.as_str(),
@@ -339,13 +342,23 @@ fn run_attempt(
         )
     } else {
         let err = exec.error.unwrap_or_else(|| "failed".into());
-        c.fail_logged(
-            t.id.as_str(),
-            t.fencing_token,
-            &err,
-            Some(exec.result),
-            Some(exec.log_file),
-        )
+        if exec.permanent {
+            c.fail_permanent_logged(
+                t.id.as_str(),
+                t.fencing_token,
+                &err,
+                Some(exec.result),
+                Some(exec.log_file),
+            )
+        } else {
+            c.fail_logged(
+                t.id.as_str(),
+                t.fencing_token,
+                &err,
+                Some(exec.result),
+                Some(exec.log_file),
+            )
+        }
     };
     match reported {
         Ok(after) => {
@@ -392,6 +405,11 @@ fn run_attempt(
             }
         }
         Err(e) => return Err(e),
+    }
+    if let Some(reason) = stop_run {
+        // Every other attempt would fail the same way: stop here with the
+        // adapter's own words instead of burning the queue's attempts.
+        return Err(Error::AdapterUnusable(reason));
     }
     Ok(())
 }
@@ -543,6 +561,7 @@ fn run_leader(
         let env = |cmd: &mut std::process::Command| {
             cmd.env("ORCHESTRATE_DIR", c.layout().root())
                 .env("COORDINATION_DIR", c.layout().root())
+                .env(crate::hook::HOOKS_ENV, "off")
                 .env("ORCHESTRATE_AGENT_ID", "leader")
                 .env("ORCHESTRATE_CORRELATION_ID", &o.run_tag);
         };
@@ -560,16 +579,17 @@ fn run_leader(
             return Err(Error::Interrupted);
         }
         let reply = match reply {
-            Ok(r) if !r.is_error => r,
-            Ok(r) => {
+            agent::ClaudeOutcome::Reply(r) if !r.is_error => r,
+            agent::ClaudeOutcome::Reply(r) => {
                 return Err(Error::Other(format!(
-                    "the leader reported an error while planning: {}",
-                    r.result
+                    "the leader failed while planning: {} (see {})",
+                    r.error_text(),
+                    out.display()
                 )))
             }
-            Err(e) => {
+            agent::ClaudeOutcome::Failed { reason, .. } => {
                 return Err(Error::Other(format!(
-                    "the leader failed while planning: {e} (see {})",
+                    "the leader failed while planning: {reason} (see {})",
                     err.display()
                 )))
             }

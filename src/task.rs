@@ -458,11 +458,22 @@ impl Task {
     /// remain, else `dead`. Returns the new status. The token is not checked
     /// here.
     pub fn end_attempt_failed(&mut self, now: Timestamp, error: String, delay_ms: u64) -> Status {
+        self.end_attempt(now, error, delay_ms, false)
+    }
+
+    /// claimed -> dead at once, whatever attempts are left: the failure
+    /// would be the same on every attempt (`spec` 5.4, permanent failure).
+    /// Returns `Status::Dead`.
+    pub fn end_attempt_dead(&mut self, now: Timestamp, error: String) -> Status {
+        self.end_attempt(now, error, 0, true)
+    }
+
+    fn end_attempt(&mut self, now: Timestamp, error: String, delay_ms: u64, dead: bool) -> Status {
         self.error = Some(error);
         self.lease_expires_at = None;
         self.claimed_by = None;
         self.updated_at = now;
-        if self.attempts >= self.max_attempts {
+        if dead || self.attempts >= self.max_attempts {
             self.status = Status::Dead;
             self.completed_at = Some(now);
             self.not_before = None;

@@ -1754,9 +1754,31 @@ fn check_settings(text: &str, program: &str) {
             assert!(cmds.contains(&c), "`{c}` not installed");
         }
         for (k, v) in &o {
-            if k != "hooks" {
+            if k != "hooks" && k != "permissions" {
                 assert_eq!(doc.get(k), Some(v), "install changed `{k}`");
             }
+        }
+        // Our allow rules are there, appended after the rules that were.
+        let allow = |d: &Map<String, Value>| -> Vec<String> {
+            d.get("permissions")
+                .and_then(|p| p.get("allow"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (before_rules, after_rules) = (allow(&o), allow(&doc));
+        assert_eq!(
+            &after_rules[..before_rules.len()],
+            &before_rules[..],
+            "install changed the allow rules"
+        );
+        for r in orchestrate::agent::allow_rules(&orchestrate::agent::shell_word(&prog)) {
+            assert!(after_rules.contains(&r), "`{r}` not allowed");
         }
         if let Some(before) = o.get("hooks").and_then(Value::as_object) {
             let after = doc["hooks"].as_object().expect("hooks stays an object");
@@ -1788,10 +1810,24 @@ fn check_settings(text: &str, program: &str) {
             "uninstall left some of ours: {left:?}"
         );
         for (k, v) in &o {
-            if k != "hooks" {
+            if k != "hooks" && k != "permissions" {
                 assert_eq!(doc.get(k), Some(v), "uninstall changed `{k}`");
             }
         }
+        let left_rules = allow(&doc);
+        assert!(
+            left_rules.iter().all(|r| !settings::is_our_rule(r)),
+            "uninstall left a rule of ours"
+        );
+        let foreign_rules: Vec<&String> = before_rules
+            .iter()
+            .filter(|r| !settings::is_our_rule(r))
+            .collect();
+        assert_eq!(
+            left_rules.iter().collect::<Vec<_>>(),
+            foreign_rules,
+            "uninstall changed foreign rules"
+        );
         let foreign: Vec<String> = commands(&o)
             .into_iter()
             .filter(|c| !settings::is_ours(c))

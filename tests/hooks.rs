@@ -59,6 +59,8 @@ impl Project {
             .current_dir("/")
             .env_remove("COORDINATION_DIR")
             .env_remove("ORCHESTRATE_AGENT_ID")
+            .env_remove("ORCHESTRATE_HOOKS")
+            .env_remove("ORCHESTRATE_FENCING_TOKEN")
             .args(["hook", event])
             .write_stdin(self.input(fixture_name, session))
             .timeout(Duration::from_secs(30))
@@ -260,7 +262,10 @@ fn two_sessions_share_a_dag_and_complete_every_task_exactly_once() {
                 let reason = v["reason"].as_str().unwrap();
                 let line = reason.lines().find(|l| l.contains("when done:")).unwrap();
                 let words: Vec<&str> = line.split('`').nth(1).unwrap().split_whitespace().collect();
-                assert_eq!(words[1], "--dir", "commands carry the directory: {line}");
+                assert!(
+                    words.contains(&"--dir"),
+                    "commands carry the directory: {line}"
+                );
                 let at = words.iter().position(|w| *w == "complete").unwrap();
                 let (id, token) = (words[at + 1], words[at + 3]);
                 p.cmd()
@@ -398,6 +403,26 @@ fn install_merges_keeps_other_hooks_and_is_idempotent() {
     assert_eq!(v["model"], "sonnet");
     assert_eq!(v["env"]["FOO"], "bar");
     assert_eq!(v["permissions"]["deny"][0], "Read(./.env)");
+    // The commands the hooks hand over run without approval: exactly our
+    // subcommands, after the rules that were there.
+    let allow: Vec<&str> = v["permissions"]["allow"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let before = original_allow();
+    assert_eq!(&allow[..before.len()], &before[..]);
+    assert_eq!(
+        &allow[before.len()..],
+        &[
+            "Bash(orchestrate complete:*)",
+            "Bash(orchestrate fail:*)",
+            "Bash(orchestrate release:*)",
+            "Bash(orchestrate heartbeat:*)",
+            "Bash(orchestrate create-task:*)"
+        ]
+    );
     assert_eq!(v["hooks"]["PostToolUse"][0]["matcher"], "Edit|Write");
     let stop = v["hooks"]["Stop"].as_array().unwrap();
     assert_eq!(stop.len(), 2);
@@ -424,6 +449,10 @@ fn install_merges_keeps_other_hooks_and_is_idempotent() {
     let out = run(&["hooks", "show", "--scope", "local"]);
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(shown["hooks"]["Stop"].is_array());
+    assert!(shown["permissions"]["allow"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("Bash(orchestrate complete:*)")));
     assert!(!dir.path().join(".claude/settings.local.json").exists());
     // uninstall removes only ours.
     run(&["hooks", "uninstall"]);
@@ -433,6 +462,61 @@ fn install_merges_keeps_other_hooks_and_is_idempotent() {
         serde_json::from_slice(&std::fs::read(fixture("settings/with-other-hooks.json")).unwrap())
             .unwrap();
     assert_eq!(v, original);
+}
+
+fn original_allow() -> Vec<String> {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(fixture("settings/with-other-hooks.json")).unwrap())
+            .unwrap();
+    v["permissions"]["allow"]
+        .as_array()
+        .map(|a| a.iter().map(|r| r.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn hooks_do_nothing_inside_a_workers_process() {
+    // `run` and `work` start agents with ORCHESTRATE_HOOKS=off and the
+    // task's fencing token in the environment; our hooks in such a Claude
+    // session must not register, claim, block or release (spec 14.5).
+    let p = Project::new();
+    p.create("one", &[]);
+    for env in [
+        ("ORCHESTRATE_HOOKS", "off"),
+        ("ORCHESTRATE_FENCING_TOKEN", "1"),
+    ] {
+        for (event, fixture_name) in [
+            ("session-start", "session-start.json"),
+            ("stop", "stop.json"),
+            ("user-prompt-submit", "user-prompt-submit.json"),
+            ("session-end", "session-end.json"),
+        ] {
+            let out = Command::new(bin())
+                .current_dir("/")
+                .env_remove("COORDINATION_DIR")
+                .env(env.0, env.1)
+                .env("ORCHESTRATE_AGENT_ID", "run-1-worker-1")
+                .args(["hook", event])
+                .write_stdin(p.input(fixture_name, "sess-w"))
+                .timeout(Duration::from_secs(30))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{event} with {env:?}");
+            assert!(
+                out.stdout.is_empty(),
+                "{event} with {env:?} printed {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    let t = p.task("one");
+    assert_eq!(t["status"], "pending");
+    assert_eq!(t["attempts"], 0);
+    assert!(!p.root().join(".coordination/agents/sess-w.json").exists());
+    assert!(!p
+        .root()
+        .join(".coordination/agents/run-1-worker-1.json")
+        .exists());
 }
 
 #[test]

@@ -84,6 +84,19 @@ pub fn hook(g: &Global, a: HookArgs) -> Result<u8> {
     }
 }
 
+/// The program word for handed-over commands: as the hook was invoked when
+/// that is a bare name (found on `PATH`) or an absolute path, so it is the
+/// word `hooks install --program` wrote into the command and allow rules;
+/// else this executable's absolute path.
+fn hook_program() -> String {
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    let word = match argv0 {
+        Some(p) if p.is_absolute() || p.components().count() == 1 => p,
+        _ => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("orchestrate")),
+    };
+    orchestrate::agent::shell_word(&word.to_string_lossy())
+}
+
 fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
     let event = HookEvent::parse(&a.event)?;
     let mut buf = Vec::new();
@@ -91,6 +104,11 @@ fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
         .take(hook::MAX_INPUT_BYTES as u64 + 1)
         .read_to_end(&mut buf)
         .context("read the hook input from stdin")?;
+    if hook::hooks_disabled() {
+        // A Claude process that a worker started: the worker owns its task.
+        tracing::debug!("hooks are off in this process ({}=off)", hook::HOOKS_ENV);
+        return Ok(());
+    }
     let input = hook::parse_input(&buf)?;
     let cwd = input.cwd.as_deref().map(PathBuf::from);
     let dir = hook::find_dir(g.dir.as_deref(), cwd.as_deref()).ok_or_else(|| {
@@ -108,6 +126,7 @@ fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
         agent: hook::agent_id(&input, a.agent.as_deref())?,
         lease_ms: a.lease.as_millis() as u64,
         max_blocks: a.max_blocks,
+        program: hook_program(),
     };
     let out = hook::handle(&c, event, &input, &opts)?;
     if let Some(v) = out.stdout {

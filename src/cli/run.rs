@@ -69,6 +69,10 @@ impl AdapterArgs {
                 permission_mode: (self.permission_mode != "none")
                     .then(|| self.permission_mode.clone()),
                 extra_args: self.agent_args.clone(),
+                // The commands handed to the model name this very binary,
+                // so the allow rules match what it will run.
+                orchestrate_bin: std::env::current_exe()
+                    .unwrap_or_else(|_| PathBuf::from("orchestrate")),
             },
         }
     }

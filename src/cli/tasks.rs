@@ -169,6 +169,10 @@ pub struct FailArgs {
     /// What went wrong
     #[arg(long, value_name = "TEXT")]
     pub error: String,
+    /// The failure would be the same on every attempt: the task goes to
+    /// `dead` at once, without retries (`retry` brings it back)
+    #[arg(long)]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -529,8 +533,17 @@ pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
 
 pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
     let c = open(g)?;
-    let t = c.fail(&a.held.id, a.held.token, &a.error)?;
-    print_task(g, &t, || match t.status {
+    let t = if a.permanent {
+        c.fail_permanent_logged(&a.held.id, a.held.token, &a.error, None, None)?
+    } else {
+        c.fail(&a.held.id, a.held.token, &a.error)?
+    };
+    print_task(g, &t, || {
+        match t.status {
+        Status::Dead if a.permanent => format!(
+            "{} failed permanently (attempt {}/{}); it is dead, `orchestrate retry {}` brings it back",
+            t.id, t.attempts, t.max_attempts, t.id
+        ),
         Status::Dead => format!(
             "{} failed for good: attempts exhausted ({}/{}); it is dead",
             t.id, t.attempts, t.max_attempts
@@ -542,6 +555,7 @@ pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
             t.max_attempts,
             t.not_before.map(|x| clock::format(&x)).unwrap_or_default()
         ),
+    }
     })
 }
 

@@ -37,7 +37,8 @@ pub struct Finding {
     /// Stable name: `corrupt_file`, `newer_schema`, `symlink`, `stray_file`,
     /// `orphan_temp`, `unfinished_batch`, `invalid_fields`,
     /// `dangling_dependency`, `dependency_cycle`, `should_be_blocked`,
-    /// `index_missing`, `index_stale`, `orphan_index_build`, `torn_event`.
+    /// `index_missing`, `index_stale`, `orphan_index_build`, `torn_event`,
+    /// `lock_identity`.
     pub kind: String,
     /// Error or warning.
     pub severity: Severity,
@@ -190,6 +191,33 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         findings: Vec::new(),
     };
     let mut tasks: HashMap<TaskId, Task> = HashMap::new();
+
+    // 0. The lock file and its anchor are one inode (`spec` 4.1); the scan
+    // holds the lock, so a difference means someone replaced one by hand.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let lock = c.layout().lock();
+        let anchor = crate::lock::anchor_path(&lock);
+        match (std::fs::symlink_metadata(&lock), std::fs::symlink_metadata(&anchor)) {
+            (Ok(a), Ok(b)) if a.is_file() && b.is_file() && (a.dev(), a.ino()) != (b.dev(), b.ino()) => col.add(
+                "lock_identity",
+                Severity::Warning,
+                "lock",
+                "`lock` and `lock.anchor` are different files: one was replaced by hand".into(),
+                "nothing: the next lock holder makes `lock.anchor` a link of `lock` again; never delete or replace the lock file",
+                false,
+            ),
+            (Ok(a), _) if !a.is_file() => col.add(
+                "lock_identity",
+                Severity::Error,
+                "lock",
+                "`lock` is not a regular file".into(),
+                "remove it by hand when no orchestrate process runs; it is restored from `lock.anchor`",
+                false,
+            ),
+            _ => {}
+        }
+    }
 
     // 1. Files in tasks/, the root and agents/.
     for dir in [

@@ -32,45 +32,144 @@ impl Drop for LockGuard {
     }
 }
 
-fn open_lock_file(path: &Path) -> Result<File> {
-    let f = crate::store::open_regular(
+/// The second name of the lock file's inode: `lock.anchor` beside `lock`
+/// (`spec` 4.1). A lock file deleted by hand is restored from it as the
+/// same inode, so a process that opens `lock` afterwards waits on the
+/// holder's lock instead of creating a new, unlocked file.
+pub fn anchor_path(lock: &Path) -> PathBuf {
+    lock.with_file_name("lock.anchor")
+}
+
+fn open_existing(path: &Path) -> Result<Option<File>> {
+    match crate::store::open_regular(
         path,
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600),
+        OpenOptions::new().read(true).write(true),
         "open lock file",
-    )?;
-    // Only the owner can chmod; everyone else just uses the file.
-    let _ = crate::store::set_file_mode(&f, path);
-    Ok(f)
+    ) {
+        Ok(f) => Ok(Some(f)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the lock file without ever creating a second inode for it while
+/// its anchor exists: a missing `lock` is restored as a hard link of
+/// `lock.anchor`; only when both are missing (a new directory) is a new
+/// file made, anchor first, with `O_EXCL`.
+fn open_lock_file(path: &Path) -> Result<File> {
+    let anchor = anchor_path(path);
+    for _ in 0..8 {
+        if let Some(f) = open_existing(path)? {
+            // Only the owner can chmod; everyone else just uses the file.
+            let _ = crate::store::set_file_mode(&f, path);
+            return Ok(f);
+        }
+        match std::fs::hard_link(&anchor, path) {
+            Ok(()) => {
+                tracing::warn!(lock = %path.display(), "the lock file was missing; restored it from {}", anchor.display());
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("restore lock file", path, e)),
+        }
+        // Neither name exists: a new directory. The anchor is made first,
+        // exclusively, so that two processes cannot make two inodes.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&anchor)
+        {
+            Ok(f) => {
+                let _ = crate::store::set_file_mode(&f, &anchor);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create lock file", &anchor, e)),
+        }
+    }
+    Err(Error::corrupt(
+        path,
+        "the lock file keeps disappearing; stop whatever deletes .coordination/lock",
+    ))
+}
+
+/// Makes `lock.anchor` a second name of the locked `lock` file when it is
+/// missing or names another inode (a directory from before anchors, or a
+/// lock file replaced by hand). Called with the lock held.
+fn ensure_anchor(file: &File, path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let anchor = anchor_path(path);
+    let same = match (file.metadata(), std::fs::symlink_metadata(&anchor)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if same {
+        return;
+    }
+    let tmp = path.with_file_name(format!(".lock.anchor.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(path, &tmp).is_ok() && std::fs::rename(&tmp, &anchor).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// True when `file` is still the file at `path`: the same device and inode
+/// (`fstat(2)` of the descriptor against `lstat(2)` of the path). A lock
+/// file that was deleted or replaced while we waited for it locks nothing
+/// that the next process will see (`spec` 4.1, lock identity).
+fn still_at_path(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Takes the exclusive lock on `path`, waiting at most `timeout`.
 ///
 /// Tries without blocking first; when the lock is contended, blocks in the
 /// kernel's queue (on a helper thread, so that the wait can time out) rather
-/// than polling.
+/// than polling. Once locked, checks that the locked file is still the one
+/// at `path` (same device and inode); if someone deleted or replaced it,
+/// the lock is dropped and taken again on the file now there, so two
+/// processes can never both hold "the" lock through different files.
 ///
 /// # Errors
 /// [`Error::LockTimeout`] after `timeout`; [`Error::Io`] when the file
 /// cannot be opened; [`Error::Corrupt`] when it is a symlink.
 pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard> {
-    let file = open_lock_file(path)?;
-    match file.try_lock() {
-        Ok(()) => {
+    let start = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        let file = acquire_once(path, left, start)?;
+        if still_at_path(&file, path) {
+            ensure_anchor(&file, path);
             return Ok(LockGuard {
                 file,
                 path: path.to_path_buf(),
-            })
+            });
         }
+        tracing::warn!(lock = %path.display(), "the lock file was deleted or replaced while we waited; locking the new one");
+        drop(file);
+        if start.elapsed() >= timeout {
+            return Err(Error::LockTimeout {
+                path: path.to_path_buf(),
+                waited_ms: start.elapsed().as_millis() as u64,
+            });
+        }
+    }
+}
+
+fn acquire_once(path: &Path, timeout: Duration, start: Instant) -> Result<File> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
         Err(TryLockError::WouldBlock) => {}
         Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
     }
     tracing::debug!(lock = %path.display(), "waiting for lock");
-    let start = Instant::now();
     let (tx, rx) = mpsc::sync_channel::<std::io::Result<File>>(1);
     std::thread::spawn(move || {
         let r = file.lock().map(|()| file);
@@ -79,10 +178,7 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard> {
         let _ = tx.send(r);
     });
     match rx.recv_timeout(timeout) {
-        Ok(Ok(file)) => Ok(LockGuard {
-            file,
-            path: path.to_path_buf(),
-        }),
+        Ok(Ok(file)) => Ok(file),
         Ok(Err(e)) => Err(Error::io("lock", path, e)),
         Err(_) => Err(Error::LockTimeout {
             path: path.to_path_buf(),

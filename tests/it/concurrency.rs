@@ -577,3 +577,70 @@ fn crash_inside_a_write_leaves_old_or_new_file() {
         assert_eq!(env.json(&["list", "--json"], 0)["errors"], json!([]));
     }
 }
+
+/// Issue 10 (1): someone deletes `.coordination/lock` again and again while
+/// four processes claim and complete. A process that waited on the old,
+/// unlinked file must notice that it no longer is the lock (device and
+/// inode differ from the path's) and lock again, so no two processes are
+/// ever inside at once: no (task, token) granted twice, no task file
+/// holding another task, no complete refused.
+#[test]
+fn deleting_the_lock_file_never_lets_two_processes_in() {
+    let _serial = serial();
+    const TASKS: usize = 400;
+    const AGENTS: usize = 4;
+    let env = TestEnv::new();
+    let ids = create_many(&env, TASKS);
+    let lock = env.dir().join("lock");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleter = {
+        let stop = stop.clone();
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if std::fs::remove_file(&lock).is_ok() {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        })
+    };
+    let children: Vec<(String, Child)> = (0..AGENTS)
+        .map(|i| {
+            let agent = format!("racer-{i}");
+            (
+                agent.clone(),
+                claim_loop(&env, &agent, "5m").spawn().unwrap(),
+            )
+        })
+        .collect();
+    let results = wait_all(children, Duration::from_secs(240));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deletions = deleter.join().unwrap();
+    assert!(
+        deletions > 10,
+        "the lock file was deleted only {deletions} times"
+    );
+    let mut grants: HashMap<(String, u64), String> = HashMap::new();
+    for (agent, out) in results {
+        assert!(
+            out.status.success(),
+            "{agent} exited {:?}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for c in claims_in(&out.stdout) {
+            if let Some(other) = grants.insert((c.id.clone(), c.token), agent.clone()) {
+                panic!("({}, {}) granted to {other} and {agent}", c.id, c.token);
+            }
+        }
+    }
+    for id in &ids {
+        let t = env.task_json(id);
+        assert_eq!(t["id"], id.as_str(), "tasks/{id}.json holds another task");
+        assert_eq!(t["status"], "completed", "{id}");
+    }
+    eprintln!("{TASKS} tasks, {AGENTS} processes, the lock file deleted {deletions} times: 0 double grants");
+}

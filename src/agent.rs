@@ -203,6 +203,19 @@ pub struct ProcessEnd {
     pub duration_ms: u64,
 }
 
+/// Process groups of the children running now, for [`kill_all_children`].
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills (SIGKILL) the process group of every agent process this process
+/// is running; for a process that must stop now. Returns how many.
+pub fn kill_all_children() -> usize {
+    let pids: Vec<u32> = CHILDREN.lock().map(|g| g.clone()).unwrap_or_default();
+    for &p in &pids {
+        kill_group(p);
+    }
+    pids.len()
+}
+
 fn kill_group(pid: u32) {
     // SAFETY: kill(2) with a negative pid signals the process group we
     // created for this child; it has no memory-safety preconditions.
@@ -246,6 +259,9 @@ pub fn run_process(mut cmd: Command, timeout: Duration, cancel: &AtomicBool) -> 
         ))
     })?;
     let pid = child.id();
+    if let Ok(mut g) = CHILDREN.lock() {
+        g.push(pid);
+    }
     let (tx, rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let r = child.wait();
@@ -273,6 +289,9 @@ pub fn run_process(mut cmd: Command, timeout: Duration, cancel: &AtomicBool) -> 
     // The leader of the group is gone; make sure nothing it started lingers.
     kill_group(pid);
     let _ = waiter.join();
+    if let Ok(mut g) = CHILDREN.lock() {
+        g.retain(|&p| p != pid);
+    }
     Ok(ProcessEnd {
         status,
         timed_out,

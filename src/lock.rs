@@ -58,6 +58,7 @@ fn open_existing(path: &Path) -> Result<Option<File>> {
 /// file made, anchor first, with `O_EXCL`.
 fn open_lock_file(path: &Path) -> Result<File> {
     let anchor = anchor_path(path);
+    let mut made_anchor = false;
     for _ in 0..8 {
         if let Some(f) = open_existing(path)? {
             // Only the owner can chmod; everyone else just uses the file.
@@ -66,7 +67,9 @@ fn open_lock_file(path: &Path) -> Result<File> {
         }
         match std::fs::hard_link(&anchor, path) {
             Ok(()) => {
-                tracing::warn!(lock = %path.display(), "the lock file was missing; restored it from {}", anchor.display());
+                if !made_anchor {
+                    tracing::warn!(lock = %path.display(), "the lock file was missing; restored it from {}", anchor.display());
+                }
                 continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -83,6 +86,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
             .open(&anchor)
         {
             Ok(f) => {
+                made_anchor = true;
                 let _ = crate::store::set_file_mode(&f, &anchor);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -20,12 +20,67 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Tasks that this process's workers hold right now: (directory, id,
+/// fencing token), so that [`release_held`] can give them back when the
+/// process must stop at once.
+static HELD: Mutex<Vec<(PathBuf, TaskId, u64)>> = Mutex::new(Vec::new());
 
 /// Asks every worker loop in this process to stop: children are killed and
 /// their tasks released without spending an attempt. Safe to call from a
 /// signal handler thread.
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// As [`interrupt`], remembering the signal (`SIGINT` 2, `SIGTERM` 15) for
+/// [`interrupted_exit_code`].
+pub fn interrupt_with(signal: i32) {
+    let _ = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    interrupt();
+}
+
+/// The exit code of an interrupted run: 128 + the signal (130 for SIGINT,
+/// 143 for SIGTERM), 130 when no signal was recorded (`spec` 12).
+pub fn interrupted_exit_code() -> u8 {
+    match SIGNAL.load(Ordering::SeqCst) {
+        s @ 1..=64 => 128 + s as u8,
+        _ => 130,
+    }
+}
+
+/// Releases, without spending an attempt, every task this process's
+/// workers hold, waiting at most `lock_timeout_ms` for the lock each; for a
+/// process that must stop now (a second signal, or workers that did not
+/// stop in time because they are blocked in a write). Failures are ignored:
+/// a task that cannot be released comes back when its lease expires.
+pub fn release_held(lock_timeout_ms: u64) -> usize {
+    let held: Vec<(PathBuf, TaskId, u64)> = HELD.lock().map(|g| g.clone()).unwrap_or_default();
+    let mut n = 0;
+    for (dir, id, token) in held {
+        if let Ok(c) = Coordination::open(&dir) {
+            if c.with_lock_timeout_ms(lock_timeout_ms)
+                .release(id.as_str(), token)
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn hold(dir: &std::path::Path, id: &TaskId, token: u64) {
+    if let Ok(mut g) = HELD.lock() {
+        g.push((dir.to_path_buf(), id.clone(), token));
+    }
+}
+
+fn unhold(id: &TaskId, token: u64) {
+    if let Ok(mut g) = HELD.lock() {
+        g.retain(|(_, i, t)| !(i == id && *t == token));
+    }
 }
 
 /// True once [`interrupt`] was called.
@@ -232,6 +287,19 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
 }
 
 fn run_attempt(
+    s: &Shared<'_>,
+    o: &WorkerOptions,
+    t: Task,
+    summary: &mut WorkerSummary,
+) -> Result<()> {
+    hold(s.c.layout().root(), &t.id, t.fencing_token);
+    let (id, token) = (t.id.clone(), t.fencing_token);
+    let r = run_attempt_held(s, o, t, summary);
+    unhold(&id, token);
+    r
+}
+
+fn run_attempt_held(
     s: &Shared<'_>,
     o: &WorkerOptions,
     t: Task,

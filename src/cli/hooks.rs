@@ -78,7 +78,7 @@ pub fn hook(g: &Global, a: HookArgs) -> Result<u8> {
         Ok(()) => Ok(0),
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("orchestrate hook {}: {msg}", a.event);
+            output::eline(format!("orchestrate hook {}: {msg}", a.event));
             Ok(1)
         }
     }

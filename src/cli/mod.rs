@@ -118,12 +118,8 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => exit::exit(code),
         Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-                    || c.downcast_ref::<serde_json::Error>()
-                        .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
-            }) {
+            if output::is_broken_pipe(&e) {
+                // The reader went away (`| head`): that ends us quietly.
                 return exit::exit(0);
             }
             let code = exit::code_of(&e);
@@ -132,7 +128,7 @@ pub fn main() -> ExitCode {
                     "error": { "kind": exit::kind_of(&e), "message": exit::render(&e), "exit_code": code }
                 }));
             }
-            eprintln!("orchestrate: error: {}", exit::render(&e));
+            output::eline(format!("orchestrate: error: {}", exit::render(&e)));
             exit::exit(code)
         }
     }

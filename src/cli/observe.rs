@@ -250,7 +250,7 @@ pub fn metrics(g: &Global, a: MetricsArgs) -> Result<u8> {
     } else if g.json {
         output::json(&m.to_json())?;
     } else {
-        print!("{}", m.to_prometheus());
+        output::text(m.to_prometheus())?;
     }
     Ok(0)
 }
@@ -267,7 +267,7 @@ pub fn graph(g: &Global, a: GraphArgs) -> Result<u8> {
             &json!({ "format": format!("{:?}", a.format).to_lowercase(), "graph": text }),
         )?;
     } else {
-        print!("{text}");
+        output::text(text)?;
     }
     Ok(0)
 }
@@ -373,7 +373,7 @@ pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
             }
             if tty {
                 let v: Vec<Event> = recent.iter().cloned().collect();
-                print!("{}", render(&snapshot(&c)?, &v));
+                output::text(render(&snapshot(&c)?, &v))?;
                 std::io::stdout().flush()?;
             } else if changed {
                 let snap = snapshot(&c)?;

@@ -22,6 +22,33 @@ pub fn json_line(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `s` as it is (no newline added) on stdout.
+pub fn text(s: impl AsRef<str>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_ref().as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints a line on stderr, ignoring failure: a closed or full stderr must
+/// never stop (or panic) a command whose real output is elsewhere. Use this
+/// instead of `eprintln!`, which panics when the write fails.
+pub fn eline(s: impl AsRef<str>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(s.as_ref().as_bytes());
+    let _ = err.write_all(b"\n");
+}
+
+/// True when `e` is, somewhere in its chain, a write to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
 /// Prints a line of human text on stdout.
 pub fn line(s: impl AsRef<str>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

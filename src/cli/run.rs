@@ -158,15 +158,38 @@ pub struct WorkArgs {
     pub adapter: AdapterArgs,
 }
 
+/// SIGINT and SIGTERM end `run` and `work` within 2 s: the first signal
+/// asks the workers to stop (children killed, tasks released, exit 128 +
+/// the signal); if they have not finished 1.5 s later (a worker blocked in
+/// a write to a full pipe, say), or on a second signal, this kills every
+/// child's process group, releases the held tasks itself and exits.
 fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if supervisor::interrupted() {
-            // Second Ctrl-C: leave now.
-            std::process::exit(130);
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if supervisor::interrupted() {
+                stop_now();
+            }
+            supervisor::interrupt_with(sig);
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(1500));
+                stop_now();
+            });
+            // Last, and on its own thread: stderr may be a full pipe.
+            std::thread::spawn(|| {
+                output::eline("orchestrate: interrupted; stopping workers and releasing their tasks (Ctrl-C again to quit at once)");
+            });
         }
-        eprintln!("orchestrate: interrupted; stopping workers and releasing their tasks (Ctrl-C again to quit at once)");
-        supervisor::interrupt();
     });
+}
+
+fn stop_now() -> ! {
+    orchestrate::agent::kill_all_children();
+    supervisor::release_held(300);
+    std::process::exit(i32::from(supervisor::interrupted_exit_code()));
 }
 
 /// Progress of a run or worker: lines on stderr, and on a terminal (stdout
@@ -198,7 +221,7 @@ fn progress_printer(quiet: bool, with_bar: bool) -> impl Fn(Progress) + Sync {
             progress_line(&p)
         );
         let Some(b) = &bar else {
-            eprintln!("{line}");
+            output::eline(line);
             return;
         };
         if let Ok(mut c) = counts.lock() {
@@ -416,8 +439,8 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
     let report = match supervisor::run(&c, &opts, &printer) {
         Ok(r) => r,
         Err(orchestrate::Error::Interrupted) => {
-            eprintln!("orchestrate: interrupted before any task was created");
-            return Ok(130);
+            output::eline("orchestrate: interrupted before any task was created");
+            return Ok(supervisor::interrupted_exit_code());
         }
         Err(e) => return Err(e.into()),
     };
@@ -425,10 +448,27 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         write_json_file(out, &supervisor::report_json(&report))
             .with_context(|| format!("write the run report to {}", out.display()))?;
     }
+    // The run is done and its report is in files: a reader that went away
+    // (`| head`) does not change its exit status.
+    if let Err(e) = print_run_summary(g, &report, &dir) {
+        if !output::is_broken_pipe(&e) {
+            return Err(e);
+        }
+    }
+    Ok(if report.interrupted {
+        supervisor::interrupted_exit_code()
+    } else if report.success {
+        0
+    } else {
+        1
+    })
+}
+
+fn print_run_summary(g: &Global, report: &supervisor::RunReport, dir: &Path) -> Result<()> {
     if g.json {
         output::json(&report)?;
     } else {
-        output::line(summary_table(&report))?;
+        output::line(summary_table(report))?;
         for t in report
             .tasks
             .iter()
@@ -446,13 +486,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
             ))?;
         }
     }
-    Ok(if report.interrupted {
-        130
-    } else if report.success {
-        0
-    } else {
-        1
-    })
+    Ok(())
 }
 
 fn working_dir(cwd: Option<&Path>) -> Result<PathBuf> {
@@ -552,9 +586,9 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
     if matches!(agent_id.as_str(), "shell" | "claude")
         && !std::env::args().any(|x| x == "--adapter")
     {
-        eprintln!(
+        output::eline(format!(
             "orchestrate: note: `--agent {agent_id}` names this worker; the runner is chosen with `--adapter {agent_id}` (default: claude)"
-        );
+        ));
     }
     orchestrate::task::validate_name("agent id", &agent_id)?;
     let c = open(g)?;
@@ -578,16 +612,21 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
     };
     let printer = progress_printer(g.quiet, false);
     let summary = supervisor::work(&c, &opts, &printer)?;
-    if g.json {
-        output::json(&summary)?;
+    let printed = if g.json {
+        output::json(&summary)
     } else {
         output::line(format!(
             "{} completed, {} failed, {} released, {} lease lost",
             summary.completed, summary.failed, summary.released, summary.lease_lost
-        ))?;
+        ))
+    };
+    if let Err(e) = printed {
+        if !output::is_broken_pipe(&e) {
+            return Err(e);
+        }
     }
     Ok(if supervisor::interrupted() {
-        130
+        supervisor::interrupted_exit_code()
     } else if summary.dead > 0 {
         1
     } else {

@@ -463,7 +463,10 @@ pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
                     "message": nr.message,
                 }))?;
             } else {
-                eprintln!("orchestrate: nothing ready to claim: {}", nr.message);
+                output::eline(format!(
+                    "orchestrate: nothing ready to claim: {}",
+                    nr.message
+                ));
             }
             Ok(3)
         }
@@ -637,7 +640,7 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         })
         .collect();
     for e in &listing.errors {
-        eprintln!("orchestrate: warning: {e}");
+        output::eline(format!("orchestrate: warning: {e}"));
     }
     if g.json {
         output::json(&json!({

@@ -18,4 +18,5 @@ mod crash;
 mod diskfull;
 mod harness;
 mod hostile;
+mod pipes;
 mod support;

@@ -138,6 +138,25 @@ fn invariant_problem(t: &Task) -> Option<String> {
         }
         _ => {}
     }
+    if let (Some(a), Some(e)) = (t.claimed_at, t.lease_expires_at) {
+        if a > e {
+            return Some(format!(
+                "claimed_at {} is after lease_expires_at {}",
+                clock::format(&a),
+                clock::format(&e)
+            ));
+        }
+    }
+    if t.updated_at < t.created_at {
+        return Some(format!(
+            "updated_at {} is before created_at {}",
+            clock::format(&t.updated_at),
+            clock::format(&t.created_at)
+        ));
+    }
+    if t.completed_at.is_some_and(|x| x < t.created_at) {
+        return Some("completed_at is before created_at".into());
+    }
     if u64::from(t.attempts) > t.fencing_token {
         return Some(format!(
             "attempts {} exceed fencing_token {}",
@@ -243,7 +262,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             if name == TEMP_NAME {
                 col.add(
                     "orphan_temp",
-                    Severity::Error,
+                    Severity::Warning,
                     &r,
                     "temp file left by an interrupted write".into(),
                     "remove it (the write it belonged to did not happen)",
@@ -442,6 +461,10 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         );
     } else {
         let (ready, leases) = c.index_contents()?;
+        let mut expiries: HashMap<TaskId, Vec<i64>> = HashMap::new();
+        for (ms, id) in c.lease_entries()? {
+            expiries.entry(id).or_default().push(ms);
+        }
         for id in &ids {
             let t = &tasks[*id];
             let deps_done = t
@@ -453,6 +476,25 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                 Status::Claimed => !leases.contains(*id),
                 _ => false,
             };
+            let want = t.lease_expires_at.map(|x| x.timestamp_millis());
+            if t.status == Status::Claimed
+                && !missing
+                && !expiries
+                    .get(*id)
+                    .is_some_and(|v| v.iter().any(|ms| Some(*ms) == want))
+            {
+                col.add(
+                    "index_stale",
+                    Severity::Error,
+                    "index/leases",
+                    format!(
+                        "the lease index holds another expiry for `{id}` than its task file ({}), so reaping would misjudge it",
+                        t.lease_expires_at.map(|x| clock::format(&x)).unwrap_or_default()
+                    ),
+                    "rebuild the index",
+                    true,
+                );
+            }
             if missing {
                 col.add(
                     "index_stale",

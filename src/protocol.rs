@@ -295,6 +295,7 @@ impl Coordination {
             events: Vec::new(),
             tasks_dir_dirty: false,
             reaped: Vec::new(),
+            unreadable: Vec::new(),
             _guard: guard,
         };
         let r = tx.prepare().and_then(|()| f(&mut tx));
@@ -618,9 +619,21 @@ impl Coordination {
     /// lazily too; this returns what was done.
     ///
     /// # Errors
-    /// Lock, I/O and data errors.
+    /// Lock, I/O and data errors; [`Error::Corrupt`] naming the file when a
+    /// task whose lease expired cannot be read (it cannot be reclaimed until
+    /// `doctor --fix` quarantines it). The other expired leases are reaped
+    /// and committed first.
     pub fn reap(&self) -> Result<Vec<Reaped>> {
-        self.mutate(|tx| Ok(std::mem::take(&mut tx.reaped)))
+        let (reaped, unreadable) = self.mutate(|tx| {
+            Ok((
+                std::mem::take(&mut tx.reaped),
+                std::mem::take(&mut tx.unreadable),
+            ))
+        })?;
+        match unreadable.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(reaped),
+        }
     }
 
     /// Reads one task without locking (`spec` 4.2: readers never see a torn file).
@@ -868,6 +881,20 @@ impl Coordination {
             .collect();
         Ok((ready, leases))
     }
+
+    /// The lease-index entries as (expiry in Unix milliseconds, task id),
+    /// for `doctor`'s check that each matches its task file (`spec` 9, 17).
+    ///
+    /// # Errors
+    /// I/O errors reading `index/leases`.
+    pub fn lease_entries(&self) -> Result<Vec<(i64, TaskId)>> {
+        Ok(self
+            .index
+            .leases()?
+            .into_iter()
+            .map(|(ms, id, _)| (ms, id))
+            .collect())
+    }
 }
 
 /// One lock hold: a mutation in progress.
@@ -877,6 +904,8 @@ struct Txn<'a> {
     events: Vec<Event>,
     tasks_dir_dirty: bool,
     reaped: Vec<Reaped>,
+    /// Tasks whose lease expired but whose file cannot be read.
+    unreadable: Vec<Error>,
     _guard: LockGuard,
 }
 
@@ -1029,6 +1058,7 @@ impl Txn<'_> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read a task whose lease expired");
+                    self.unreadable.push(e);
                     continue;
                 }
             };

@@ -176,3 +176,79 @@ fn a_newer_schema_file_is_a_warning_and_left_untouched() {
     assert_eq!(std::fs::read(&p).unwrap(), body);
     let _ = Path::new("");
 }
+
+fn edit_task(e: &Env, id: &str, f: impl FnOnce(&mut Value)) {
+    let p = e.coord().join(format!("tasks/{id}.json"));
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_lease_index_with_another_expiry_is_index_stale() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    e.run(&["claim", "--agent", "x"], 0);
+    let leases = e.coord().join("index/leases");
+    let text = std::fs::read_to_string(&leases).unwrap();
+    // Lines are `<expiry ms>-<task id>`.
+    let (ms, rest) = text.trim_end().split_once('-').unwrap();
+    let other = ms.parse::<i64>().unwrap() + 60_000;
+    std::fs::write(&leases, format!("{other}-{rest}\n")).unwrap();
+    let r = e.doctor(false, 65);
+    let f = r["findings"].as_array().unwrap();
+    assert!(
+        f.iter()
+            .any(|x| x["kind"] == "index_stale" && x["file"] == "index/leases"),
+        "{r:#}"
+    );
+    assert_eq!(e.doctor(true, 0)["clean"], true);
+}
+
+#[test]
+fn impossible_timestamps_are_invalid_fields() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    e.run(&["claim", "--agent", "x"], 0);
+    edit_task(&e, "a", |v| {
+        v["claimed_at"] = Value::from("2099-01-01T00:00:00.000Z")
+    });
+    let r = e.doctor(false, 65);
+    assert!(kinds(&r).contains(&"invalid_fields".to_string()), "{r:#}");
+}
+
+#[test]
+fn a_leftover_temp_is_a_warning_not_damage() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    std::fs::write(e.coord().join("tasks/.tmp-write"), b"half").unwrap();
+    let r = e.doctor(false, 0);
+    assert_eq!(r["clean"], true);
+    let f = &r["findings"][0];
+    assert_eq!(f["kind"], "orphan_temp");
+    assert_eq!(f["severity"], "warning");
+}
+
+#[test]
+fn reap_reports_an_unreadable_claimed_task_with_exit_65() {
+    let e = Env::new();
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    e.run(&["claim", "--agent", "x", "--lease", "1ms"], 0);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(
+        e.coord().join("tasks/a.json"),
+        b"{\"schema_version\": 1, \"id\"",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .current_dir(e.dir.path())
+        .env_remove("COORDINATION_DIR")
+        .arg("reap")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tasks/a.json"),
+        "{out:?}"
+    );
+}

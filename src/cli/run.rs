@@ -242,7 +242,7 @@ fn progress_printer(quiet: bool, with_bar: bool) -> impl Fn(Progress) + Sync {
                         }
                     }
                 }
-                Progress::LeaseLost { .. } => c.2 -= 1,
+                Progress::LeaseLost { .. } | Progress::Cancelled { .. } => c.2 -= 1,
                 _ => {}
             }
             b.set_message(format!(
@@ -257,6 +257,12 @@ fn progress_printer(quiet: bool, with_bar: bool) -> impl Fn(Progress) + Sync {
             b.finish_and_clear();
         }
     }
+}
+
+/// An error on one line, whole: the reason is never cut (up to 2 000
+/// characters, which no error of ours reaches).
+fn one_line(s: &str) -> String {
+    output::truncate(s.trim(), 2000)
 }
 
 fn progress_line(p: &Progress) -> String {
@@ -280,18 +286,21 @@ fn progress_line(p: &Progress) -> String {
             Status::Pending => format!(
                 "failed   {} ({agent_id}): {}; retrying (attempt {}/{})",
                 task.id,
-                output::truncate(task.error.as_deref().unwrap_or(""), 80),
+                one_line(task.error.as_deref().unwrap_or("")),
                 task.attempts,
                 task.max_attempts
             ),
             s => format!(
                 "{s:<8} {} ({agent_id}): {}",
                 task.id,
-                output::truncate(task.error.as_deref().unwrap_or(""), 80)
+                one_line(task.error.as_deref().unwrap_or(""))
             ),
         },
         Progress::LeaseLost { task_id, agent_id } => {
             format!("lease lost {task_id} ({agent_id}); result discarded")
+        }
+        Progress::Cancelled { task_id, agent_id } => {
+            format!("cancelled {task_id} ({agent_id}); its process was stopped")
         }
     }
 }

@@ -644,3 +644,66 @@ fn deleting_the_lock_file_never_lets_two_processes_in() {
     }
     eprintln!("{TASKS} tasks, {AGENTS} processes, the lock file deleted {deletions} times: 0 double grants");
 }
+
+/// Issue 10 (3): cancelling a task that a `run` worker is executing kills
+/// the attempt's process group within about a second, and the run reports
+/// the task cancelled.
+#[test]
+fn cancel_stops_the_running_process_within_a_second() {
+    let env = TestEnv::new();
+    let out = env.root().join("ticks");
+    let tasks = env.root().join("tasks.json");
+    std::fs::write(
+        &tasks,
+        serde_json::to_vec(&json!([{
+            "id": "long",
+            "description": "a long loop",
+            "command": format!("for i in $(seq 40); do echo $i >> {}; sleep 0.25; done", out.display())
+        }]))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut run = env.std_cmd();
+    run.args([
+        "run",
+        "goal",
+        "--agent",
+        "shell",
+        "--no-plan",
+        "-w",
+        "1",
+        "-o",
+    ])
+    .arg(env.root().join("report.json"))
+    .arg("--tasks")
+    .arg(&tasks)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = run.spawn().unwrap();
+    wait_for("the loop to start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|s| s.lines().count() >= 2)
+    });
+    env.ok(&["cancel", "long", "--reason", "not needed"]);
+    let at_cancel = Instant::now();
+    let out_run = wait_one(child, "run", Duration::from_secs(30));
+    let stopped_after = at_cancel.elapsed();
+    let lines_then = std::fs::read_to_string(&out).unwrap().lines().count();
+    std::thread::sleep(Duration::from_millis(800));
+    let lines_later = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(
+        lines_then, lines_later,
+        "the loop went on after the run ended"
+    );
+    assert!(lines_later < 20, "the loop ran {lines_later} of 40 rounds");
+    assert!(
+        stopped_after < Duration::from_secs(3),
+        "run ended {stopped_after:?} after the cancel"
+    );
+    assert_eq!(out_run.status.code(), Some(1));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(env.root().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["tasks"][0]["status"], "cancelled");
+    assert_eq!(env.task_json("long")["status"], "cancelled");
+}

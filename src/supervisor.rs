@@ -365,7 +365,7 @@ fn run_attempt_held(
                 // reported itself (our token, no longer claimed) is left to
                 // finish its process.
                 ticks += 1;
-                if ticks % 3 == 0 && !cancel.load(Ordering::SeqCst) {
+                if ticks.is_multiple_of(3) && !cancel.load(Ordering::SeqCst) {
                     if let Ok(now) = c.get(t.id.as_str()) {
                         if now.status == Status::Cancelled {
                             externally_cancelled.store(true, Ordering::SeqCst);

@@ -495,7 +495,12 @@ impl Index {
         }
         write(tmp.join("waiting"), &waiting)?;
         write(tmp.join("leases"), &leases)?;
-        fresh.set_next_seq(max_seq + 1)?;
+        fresh.set_next_seq(max_seq.checked_add(1).ok_or_else(|| {
+            Error::corrupt(
+                self.root.join("next_seq"),
+                "a task file holds `seq` 18446744073709551615, the maximum: no new task can get a larger one",
+            )
+        })?)?;
         crate::store::write_plain(
             &tmp.join("version"),
             format!("{}\n", Self::version_line()).as_bytes(),

@@ -1618,7 +1618,12 @@ impl Txn<'_> {
         let mut seqs = vec![0u64; specs.len()];
         for s in seqs.iter_mut() {
             *s = next_seq;
-            next_seq += 1;
+            next_seq = next_seq.checked_add(1).ok_or_else(|| {
+                Error::corrupt(
+                    c.layout.root().join("index/next_seq"),
+                    "the creation sequence is at its maximum (a task file holds `seq` 18446744073709551615?); nothing was created",
+                )
+            })?;
         }
         let mut status_of: HashMap<TaskId, Status> = existing.clone();
         let mut built: Vec<Option<Task>> = vec![None; specs.len()];

@@ -411,15 +411,32 @@ impl Task {
     /// `not_before`) is checked by the caller, who can see other tasks.
     ///
     /// # Errors
-    /// [`Error::WrongState`] unless the task is `pending`.
+    /// [`Error::WrongState`] unless the task is `pending`;
+    /// [`Error::Corrupt`] (nothing changed) when `fencing_token` or
+    /// `attempts` read from disk is at its maximum: counters are never
+    /// wrapped, since a wrapped token would let a stale holder in (`spec`
+    /// 6.3).
     pub fn claim(&mut self, agent: &str, now: Timestamp, lease_ms: u64) -> Result<()> {
         if self.status != Status::Pending {
             return Err(self.wrong("claim", ""));
         }
+        let path = || std::path::PathBuf::from(format!("tasks/{}.json", self.id));
+        let token = self.fencing_token.checked_add(1).ok_or_else(|| {
+            Error::corrupt(
+                path(),
+                "`fencing_token` is at its maximum (18446744073709551615); the task cannot be claimed again without reusing a token: cancel it and create it anew",
+            )
+        })?;
+        let attempts = self.attempts.checked_add(1).ok_or_else(|| {
+            Error::corrupt(
+                path(),
+                "`attempts` is at its maximum (4294967295); cancel the task and create it anew",
+            )
+        })?;
         self.status = Status::Claimed;
         self.claimed_by = Some(agent.to_string());
-        self.fencing_token += 1;
-        self.attempts += 1;
+        self.fencing_token = token;
+        self.attempts = attempts;
         self.claimed_at = Some(now);
         self.lease_expires_at = Some(clock::add_ms(now, lease_ms));
         self.not_before = None;

@@ -1450,3 +1450,37 @@ fn every_transition_is_one_event() {
         ]
     );
 }
+
+/// Issue 10 (8): counters read from disk are never wrapped. At its
+/// maximum the operation is refused with exit 65 and nothing changes.
+#[test]
+fn counters_at_their_maximum_are_refused_not_wrapped() {
+    let env = TestEnv::new();
+    env.ok(&["create-task", "a", "--id", "a"]);
+    let p = env.task_path("a");
+    let mut v = env.task_json("a");
+    v["fencing_token"] = serde_json::json!(u64::MAX);
+    v["attempts"] = serde_json::json!(1);
+    v["max_attempts"] = serde_json::json!(5);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    let out = env.expect(&["claim", "a", "--agent", "x"], 65);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maximum"), "{out:?}");
+    assert_eq!(std::fs::read(&p).unwrap(), before, "the refused claim changed the file");
+
+    v["fencing_token"] = serde_json::json!(3);
+    v["attempts"] = serde_json::json!(u32::MAX);
+    v["max_attempts"] = serde_json::json!(u32::MAX);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    env.expect(&["claim", "a", "--agent", "x"], 65);
+
+    v["attempts"] = serde_json::json!(0);
+    v["seq"] = serde_json::json!(u64::MAX);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    env.expect(&["reindex"], 65);
+    // The live index still has a next seq below the maximum: a new task
+    // gets that one, never a wrapped 0 or the one already taken.
+    env.ok(&["create-task", "b", "--id", "b"]);
+    let seq = env.task_json("b")["seq"].as_u64().unwrap();
+    assert!(seq > 0 && seq < u64::MAX, "seq {seq}");
+}

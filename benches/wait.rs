@@ -1,7 +1,9 @@
 //! `claim --wait` (issue 5): wake-up latency after `create-task`, median
 //! over 100 trials (target < 50 ms), and the CPU time of 8 idle waiters
-//! over 10 s (target < 0.1 s in total). Run: `cargo bench --bench wait`
-//! (`-- --quick` for 20 trials and 3 s).
+//! over 10 s (target < 0.1 s in total), and (issue 10) the rate of
+//! `create` with 0 and with 50 `claim --wait` waiters that claim what
+//! appears (target ratio >= 0.5: waiters must not stampede the lock).
+//! Run: `cargo bench --bench wait` (`-- --quick` for 20 trials and 3 s).
 
 use orchestrate::{Coordination, NewTask};
 use std::path::Path;
@@ -89,5 +91,68 @@ fn main() {
         after - before,
         // SAFETY: sysconf has no preconditions.
         1000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }
+    );
+    stampede(bin, base, if quick { 50 } else { 200 });
+}
+
+/// Creates `n` tasks one at a time (durable, through the library),
+/// apart (150 ms) so that the waiters settle between two (each new task is claimed
+/// by one of them, as in a queue that keeps up), and returns the rate of
+/// the create calls themselves: one over the mean time spent in `create`.
+fn create_rate(c: &Coordination, prefix: &str, n: usize) -> f64 {
+    let mut busy = Duration::ZERO;
+    for i in 0..n {
+        let start = Instant::now();
+        c.create(NewTask {
+            id: Some(format!("{prefix}{i}")),
+            description: "stampede".into(),
+            ..Default::default()
+        })
+        .expect("create");
+        busy += start.elapsed();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    n as f64 / busy.as_secs_f64()
+}
+
+fn stampede(bin: &str, base: &Path, n: usize) {
+    let tmp = tempfile::tempdir_in(base).expect("tempdir");
+    let dir = tmp.path().join(".coordination");
+    let (c, _) = Coordination::init(&dir, None).expect("init");
+    let alone = create_rate(&c, "a", n);
+    // Drain what was made, so the waiters start with nothing ready.
+    while let Ok(orchestrate::ClaimOutcome::Claimed(_)) = c.claim(&orchestrate::ClaimRequest {
+        agent: "drain".into(),
+        ..Default::default()
+    }) {}
+    const WAITERS: usize = 50;
+    let loop_sh =
+        r#"while "$0" --dir "$1" claim --agent "$2" --wait 60s >/dev/null 2>&1; do :; done"#;
+    let mut waiters: Vec<_> = (0..WAITERS)
+        .map(|i| {
+            Command::new("sh")
+                .args(["-c", loop_sh, bin])
+                .arg(&dir)
+                .arg(format!("w{i}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn waiter")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let with = create_rate(&c, "b", n);
+    for w in &mut waiters {
+        let _ = w.kill();
+    }
+    for mut w in waiters {
+        let _ = w.wait();
+    }
+    let _ = Command::new("pkill")
+        .args(["-f", dir.to_str().unwrap_or("-")])
+        .status();
+    println!(
+        "create, durable, {n} tasks: alone {alone:.0} /s, with {WAITERS} claim --wait waiters {with:.0} /s: ratio {:.2} (target >= 0.5)",
+        with / alone
     );
 }

@@ -281,6 +281,21 @@ impl Index {
         Ok(v)
     }
 
+    /// True when some ready bucket has an entry: a lock-free look, for
+    /// waiters deciding whether a change is worth taking the lock for.
+    /// Entries are hints (a superset of the ready set), so `true` may still
+    /// find nothing; `false` means nothing is ready.
+    pub fn has_ready_entry(&self) -> Result<bool> {
+        for pp in self.ready_priorities()? {
+            for b in self.priority_buckets(&pp)? {
+                if !read_lines(&self.ready_dir().join(&b))?.is_empty() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Entries of one bucket in claim order (duplicates removed).
     pub fn bucket_entries(&self, bucket: &str) -> Result<Vec<ReadyEntry>> {
         let mut names = read_lines(&self.ready_dir().join(bucket))?;

@@ -34,6 +34,11 @@ pub struct Coordination {
     index: Index,
 }
 
+/// Longest pause, in milliseconds, of a woken `claim --wait` before it
+/// looks at the ready index again (`spec` 6.5): spreads the waiters so the
+/// first claim empties the index for the others.
+pub const WAKE_JITTER_MS: u64 = 25;
+
 /// What a claim asks for (`spec` section 6.1).
 #[derive(Debug, Clone, Default)]
 pub struct ClaimRequest {
@@ -373,31 +378,15 @@ impl Coordination {
         // Watch before the first attempt so that no change is missed.
         let watcher =
             crate::watch::ChangeWatcher::new(&crate::watch::claim_dirs(self.layout.root()), poll)?;
+        let mut try_claim = true;
+        let mut next: Option<Timestamp> = None;
         loop {
-            let next = match self.claim(req) {
-                Ok(ClaimOutcome::Claimed(t)) => return Ok(ClaimOutcome::Claimed(t)),
-                Ok(ClaimOutcome::NothingReady(nr)) => nr.next_ready_at,
-                Err(e @ Error::WrongState { .. }) => {
-                    // A named task that is pending and can still become
-                    // ready (dependencies not failed, tags matching) is
-                    // waited for; anything else is the answer.
-                    let Some(id) = req.task_id.as_deref() else {
-                        return Err(e);
-                    };
-                    let t = self.get(id)?;
-                    let tags_ok = req.tags.iter().all(|x| t.context.tags.contains(x));
-                    let deps_ok = t.dependencies.iter().all(|d| {
-                        self.get(d.as_str()).is_ok_and(|x| {
-                            !x.status.is_failed_for_good() && x.status != Status::Blocked
-                        })
-                    });
-                    if t.status != Status::Pending || !tags_ok || !deps_ok {
-                        return Err(e);
-                    }
-                    t.not_before
+            if try_claim {
+                match self.claim_or_wait_for(req)? {
+                    Ok(t) => return Ok(ClaimOutcome::Claimed(Box::new(t))),
+                    Err(n) => next = n,
                 }
-                Err(e) => return Err(e),
-            };
+            }
             let mut wait = Duration::from_secs(3600);
             if let Some(t) = timeout {
                 let left = t.saturating_sub(start.elapsed());
@@ -426,6 +415,53 @@ impl Coordination {
                 wait = wait.min(Duration::from_millis(ms));
             }
             watcher.wait(wait);
+            // No stampede (`spec` 6.5): a change wakes every waiter, but
+            // only those that still see a ready entry after a jittered
+            // pause take the lock; the first claim empties the index for
+            // the rest. A due timer (backoff end, lease expiry) or a named
+            // task always claims.
+            let due = wake_at.is_some_and(|w| clock::ms_between(self.now(), w) <= 0);
+            try_claim = due || req.task_id.is_some() || {
+                let jitter: u64 = rand::random_range(0..=WAKE_JITTER_MS);
+                std::thread::sleep(Duration::from_millis(jitter));
+                watcher.drain();
+                self.index.has_ready_entry().unwrap_or(true)
+            };
+        }
+    }
+
+    /// One claim attempt of [`Coordination::claim_wait`]: the claimed task,
+    /// or when to look again at the latest (the next `not_before`).
+    fn claim_or_wait_for(
+        &self,
+        req: &ClaimRequest,
+    ) -> Result<std::result::Result<Task, Option<Timestamp>>> {
+        {
+            let next = match self.claim(req) {
+                Ok(ClaimOutcome::Claimed(t)) => return Ok(Ok(*t)),
+                Ok(ClaimOutcome::NothingReady(nr)) => nr.next_ready_at,
+                Err(e @ Error::WrongState { .. }) => {
+                    // A named task that is pending and can still become
+                    // ready (dependencies not failed, tags matching) is
+                    // waited for; anything else is the answer.
+                    let Some(id) = req.task_id.as_deref() else {
+                        return Err(e);
+                    };
+                    let t = self.get(id)?;
+                    let tags_ok = req.tags.iter().all(|x| t.context.tags.contains(x));
+                    let deps_ok = t.dependencies.iter().all(|d| {
+                        self.get(d.as_str()).is_ok_and(|x| {
+                            !x.status.is_failed_for_good() && x.status != Status::Blocked
+                        })
+                    });
+                    if t.status != Status::Pending || !tags_ok || !deps_ok {
+                        return Err(e);
+                    }
+                    t.not_before
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(Err(next))
         }
     }
 

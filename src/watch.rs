@@ -123,6 +123,15 @@ impl ChangeWatcher {
     }
 }
 
+impl ChangeWatcher {
+    /// Forgets the changes seen so far without waiting: after a pause, so
+    /// that one burst of changes (a write is several file events) wakes a
+    /// waiter once.
+    pub fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
 /// The directories a claim waiter watches: `tasks/` (new and changed tasks).
 pub fn claim_dirs(root: &Path) -> Vec<PathBuf> {
     vec![root.join("tasks")]

@@ -415,8 +415,23 @@ fn claim_json(t: &Task) -> Value {
     })
 }
 
+/// Workers (`run`, `work`) heartbeat every third of their lease; a lease
+/// below three of the shortest interval a holder can keep up (1 s, the
+/// granularity of a worker's heartbeat loop) is lost to the first hiccup.
+const MIN_SAFE_LEASE_MS: u64 = 3_000;
+
 pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
     let c = open(g)?;
+    if let Some(l) = a.lease {
+        let ms = l.as_millis() as u64;
+        if ms < MIN_SAFE_LEASE_MS {
+            output::eline(format!(
+                "orchestrate: warning: a lease of {} is shorter than 3 heartbeat intervals of 1 s; heartbeat at least every {} ms or the task is reclaimed (workers heartbeat every third of their lease)",
+                humantime::format_duration(l),
+                ms / 3
+            ));
+        }
+    }
     let req = ClaimRequest {
         agent: a.who.require()?,
         task_id: a.task_id,

@@ -1465,8 +1465,15 @@ fn counters_at_their_maximum_are_refused_not_wrapped() {
     std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     let before = std::fs::read(&p).unwrap();
     let out = env.expect(&["claim", "a", "--agent", "x"], 65);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("maximum"), "{out:?}");
-    assert_eq!(std::fs::read(&p).unwrap(), before, "the refused claim changed the file");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("maximum"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        before,
+        "the refused claim changed the file"
+    );
 
     v["fencing_token"] = serde_json::json!(3);
     v["attempts"] = serde_json::json!(u32::MAX);

@@ -512,26 +512,36 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     }
 
     // 4. The event log: a torn line is history damage, not task damage.
-    if let Ok(text) = std::fs::read(c.layout().events()) {
-        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-        for (i, l) in lines.iter().enumerate() {
-            if l.is_empty() {
-                continue;
-            }
-            if serde_json::from_slice::<serde_json::Value>(l).is_err() {
-                col.add(
-                    "torn_event",
-                    Severity::Warning,
-                    "events.jsonl",
-                    format!(
-                        "line {} is not JSON (a crash in the middle of an append); readers skip it",
-                        i + 1
-                    ),
-                    "nothing to do",
-                    false,
-                );
-            }
+    // Streamed, so a huge log costs time, not memory; a torn last line
+    // (no newline yet) is not complete and is checked like the others.
+    let mut line_no = 0u64;
+    let mut torn = Vec::new();
+    let mut reader = crate::events::LogReader::new(&c.layout().events(), 0);
+    let _ = reader.read_lines(|l| {
+        line_no += 1;
+        if !l.is_empty()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(l).is_err()
+            && torn.len() < 100
+        {
+            torn.push(line_no);
         }
+        Ok::<(), Error>(())
+    });
+    let tail = reader.unterminated();
+    let tail_torn =
+        !tail.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(tail).is_err();
+    if tail_torn && torn.len() < 100 {
+        torn.push(line_no + 1);
+    }
+    for n in torn {
+        col.add(
+            "torn_event",
+            Severity::Warning,
+            "events.jsonl",
+            format!("line {n} is not JSON (a crash in the middle of an append); readers skip it"),
+            "nothing to do",
+            false,
+        );
     }
 
     Ok((col, tasks.len()))

@@ -93,7 +93,6 @@ fn ts(e: &Event) -> Option<Timestamp> {
 pub fn collect(c: &Coordination) -> Result<Metrics> {
     let status = c.status()?;
     let now = c.now();
-    let evs = events::read_all(&c.layout().events())?;
     let mut counters: BTreeMap<String, u64> = [
         "created",
         "claims",
@@ -113,9 +112,10 @@ pub fn collect(c: &Coordination) -> Result<Metrics> {
     let mut claimable_since: HashMap<String, Timestamp> = HashMap::new();
     let mut claimed_at: HashMap<String, Timestamp> = HashMap::new();
     let (mut last_min, mut last_hour) = (0, 0);
-    for e in &evs {
+    events::for_each(&c.layout().events(), |e| {
+        let e = &e;
         let (Some(id), Some(t)) = (e.task_id.clone(), ts(e)) else {
-            continue;
+            return;
         };
         let bump = |counters: &mut BTreeMap<String, u64>, k: &str| {
             *counters.entry(k.into()).or_default() += 1
@@ -170,7 +170,7 @@ pub fn collect(c: &Coordination) -> Result<Metrics> {
             "task_cancelled" => bump(&mut counters, "cancelled"),
             _ => {}
         }
-    }
+    })?;
     Ok(Metrics {
         tasks_by_state: status
             .counts

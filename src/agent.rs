@@ -441,7 +441,7 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
 /// Checks that the Claude binary can be run, before any task is touched.
 ///
 /// # Errors
-/// [`Error::Invalid`] naming `--claude-bin` and `--agent shell`.
+/// [`Error::Invalid`] naming `--claude-bin` and `--adapter shell`.
 pub fn check_claude(opts: &ClaudeOptions) -> Result<()> {
     let found = if opts.bin.components().count() > 1 {
         opts.bin.is_file()
@@ -454,7 +454,7 @@ pub fn check_claude(opts: &ClaudeOptions) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "the Claude Code CLI `{}` was not found: install it, point to it with --claude-bin PATH (or $ORCHESTRATE_CLAUDE_BIN), or run shell commands with --agent shell",
+            "the Claude Code CLI `{}` was not found: install it, point to it with --claude-bin PATH (or $ORCHESTRATE_CLAUDE_BIN), or run shell commands with --adapter shell",
             opts.bin.display()
         )))
     }

@@ -1017,6 +1017,21 @@ impl Txn<'_> {
         if let Err(e) = events::append(&self.c.layout.events(), &self.events) {
             tracing::warn!(error = %e, "could not append to events.jsonl; the task files are correct");
         }
+        // One log line per transition (DESIGN.md section 5; shown with -v).
+        for e in &self.events {
+            if e.task_id.is_some() {
+                tracing::info!(
+                    task_id = e.task_id.as_deref().unwrap_or(""),
+                    agent_id = e.agent_id.as_deref().unwrap_or(""),
+                    attempt = e.attempt.unwrap_or(0),
+                    fencing_token = e.fencing_token.unwrap_or(0),
+                    correlation_id = e.correlation_id.as_deref().unwrap_or(""),
+                    to = e.to.as_deref().unwrap_or(""),
+                    "{}",
+                    e.event
+                );
+            }
+        }
         r
     }
 

@@ -650,7 +650,7 @@ fn run_leader(
 ) -> Result<Vec<NewTask>> {
     if o.agent.kind != AgentKind::Claude {
         return Err(Error::Invalid(
-            "planning needs the claude agent: pass --no-plan --tasks FILE to run shell tasks"
+            "planning needs the claude adapter: pass --no-plan --tasks FILE to run shell tasks"
                 .into(),
         ));
     }

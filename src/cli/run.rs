@@ -112,12 +112,13 @@ pub struct RunCommon {
     /// Write a JSON run report to FILE
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Which agent runs tasks
+    /// Which adapter runs tasks (`--agent claude|shell`, the Python tool's spelling, is accepted too)
     #[arg(
-        long = "agent",
-        visible_alias = "adapter",
+        long = "adapter",
+        alias = "agent",
         value_enum,
-        default_value = "claude"
+        default_value = "claude",
+        value_name = "ADAPTER"
     )]
     pub agent: Kind,
     #[command(flatten)]
@@ -139,8 +140,13 @@ pub struct FromConfigArgs {
 pub struct WorkArgs {
     #[command(flatten)]
     pub who: AgentId,
-    /// Which agent runs tasks
-    #[arg(long = "adapter", value_enum, default_value = "claude")]
+    /// Which adapter runs tasks (`--agent` names this worker)
+    #[arg(
+        long = "adapter",
+        value_enum,
+        default_value = "claude",
+        value_name = "ADAPTER"
+    )]
     pub adapter_kind: Kind,
     /// Exit when the queue has nothing pending instead of waiting for more
     #[arg(long)]
@@ -407,7 +413,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
                 .collect();
             if !missing.is_empty() {
                 return Err(Usage(format!(
-                    "the shell agent runs each task's `command`, and these tasks have none: {}; add a \"command\" to each, or use --agent claude",
+                    "the shell adapter runs each task's `command`, and these tasks have none: {}; add a \"command\" to each, or use --adapter claude",
                     missing.join(", ")
                 ))
                 .into());

@@ -1491,3 +1491,46 @@ fn counters_at_their_maximum_are_refused_not_wrapped() {
     let seq = env.task_json("b")["seq"].as_u64().unwrap();
     assert!(seq > 0 && seq < u64::MAX, "seq {seq}");
 }
+
+/// Issue 10 (9): `--adapter` picks the adapter in `run` (the Python tool's
+/// `--agent shell` still works there), and `-v --log-format json` logs one
+/// line per transition with the task, agent, attempt and correlation id.
+#[test]
+fn adapter_flag_and_transition_log_lines() {
+    let env = TestEnv::new();
+    let tasks = env.root().join("tasks.json");
+    std::fs::write(
+        &tasks,
+        br#"[{"id": "x", "description": "x", "command": "true"}]"#,
+    )
+    .unwrap();
+    let t = tasks.to_str().unwrap();
+    env.ok(&["run", "g", "--adapter", "shell", "--no-plan", "--tasks", t]);
+    std::fs::write(
+        &tasks,
+        br#"[{"id": "y", "description": "y", "command": "true"}]"#,
+    )
+    .unwrap();
+    env.ok(&["run", "g", "--agent", "shell", "--no-plan", "--tasks", t]);
+    assert_eq!(env.task_json("x")["status"], "completed");
+    assert_eq!(env.task_json("y")["status"], "completed");
+
+    env.ok(&["create-task", "z", "--id", "z"]);
+    let out = env
+        .cmd()
+        .env("ORCHESTRATE_CORRELATION_ID", "corr-7")
+        .args(["-v", "--log-format", "json", "claim", "z", "--agent", "bob"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.contains("task_claimed"))
+        .map(str::to_string)
+        .expect("a log line for the claim");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["task_id"], "z");
+    assert_eq!(v["agent_id"], "bob");
+    assert_eq!(v["attempt"], 1);
+    assert_eq!(v["correlation_id"], "corr-7", "{line}");
+}

@@ -125,6 +125,15 @@ pub enum Error {
     /// instead of spending every task's attempts (`spec` 13.2). Exit 1.
     #[error("the agent cannot run as configured, so the run stopped: {0}")]
     AdapterUnusable(String),
+    /// A coordination directory this user must not adopt: another user's,
+    /// or writable by everyone (`spec` 4.7, safe discovery). Exit 74.
+    #[error("refusing `{path}`: {reason}. If you trust it, add it to ORCHESTRATE_SAFE_DIRS (a :-separated list), or use a .coordination/ of your own (`orchestrate init`)", path = .path.display())]
+    Untrusted {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is not trusted.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -156,7 +165,7 @@ impl Error {
             | Error::Cycle(_) => 4,
             Error::LockTimeout { .. } | Error::Timeout(_) => 5,
             Error::Corrupt { .. } | Error::NewerSchema { .. } => 65,
-            Error::Io { .. } => 74,
+            Error::Io { .. } | Error::Untrusted { .. } => 74,
             Error::Interrupted => 130,
             Error::Other(_) | Error::AdapterUnusable(_) => 1,
         }
@@ -182,6 +191,7 @@ impl Error {
             Error::Interrupted => "interrupted",
             Error::Other(_) => "other",
             Error::AdapterUnusable(_) => "adapter_unusable",
+            Error::Untrusted { .. } => "untrusted_directory",
         }
     }
 }

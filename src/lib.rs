@@ -44,6 +44,7 @@ pub mod settings;
 pub mod store;
 pub mod supervisor;
 pub mod task;
+pub mod trust;
 pub mod watch;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

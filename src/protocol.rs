@@ -228,13 +228,16 @@ impl Coordination {
     ///
     /// # Errors
     /// [`Error::NotInitialized`] when there is no `config.json`;
-    /// [`Error::Corrupt`]/[`Error::NewerSchema`] for a bad one.
+    /// [`Error::Corrupt`]/[`Error::NewerSchema`] for a bad one;
+    /// [`Error::Untrusted`] for a directory of another user or one that
+    /// everyone can write (`spec` 4.7, safe discovery).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         // Absolute, so that agent processes started in another working
         // directory get a path that still points here.
         let dir: PathBuf = dir.into();
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let layout = Layout::new(dir);
+        crate::trust::check(layout.root())?;
         let config = store::read_config(&layout.config())?
             .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
         refuse_symlinked_dirs(&layout)?;

@@ -20,3 +20,4 @@ mod harness;
 mod hostile;
 mod pipes;
 mod support;
+mod trust;

@@ -70,21 +70,34 @@ impl Default for ClaudeOptions {
     }
 }
 
-/// The `orchestrate` subcommands a model is handed and allowed to run
-/// without a person approving them (`spec/PROTOCOL.md` section 13.2).
+/// The `orchestrate` subcommands an interactive session (our hooks) is
+/// handed and allowed to run without a person approving them (`spec`
+/// 14.2, 14.4).
 pub const MODEL_SUBCOMMANDS: [&str; 5] =
     ["complete", "fail", "release", "heartbeat", "create-task"];
 
+/// The subcommands a worker's model is handed and allowed (`spec` 13.2):
+/// as [`MODEL_SUBCOMMANDS`] without `release`, since the worker owns its
+/// task's life cycle, and a release (which spends no attempt) would have
+/// the worker claim the task again without end.
+pub const WORKER_SUBCOMMANDS: [&str; 4] = ["complete", "fail", "heartbeat", "create-task"];
+
 /// The permission rules, in Claude Code's syntax (`Bash(PREFIX:*)`), that
 /// allow exactly the commands we hand to a model: `PROGRAM SUBCOMMAND ...`
-/// for each of [`MODEL_SUBCOMMANDS`], where `program` is the word the
-/// commands start with (see [`shell_word`]). Nothing wider: no `claim`, no
-/// `run`, no `hooks`.
-pub fn allow_rules(program: &str) -> Vec<String> {
-    MODEL_SUBCOMMANDS
+/// for each of `subcommands`, where `program` is the word the commands
+/// start with (see [`shell_word`]). Nothing wider: no `claim`, no `run`,
+/// no `hooks`.
+pub fn allow_rules_for(program: &str, subcommands: &[&str]) -> Vec<String> {
+    subcommands
         .iter()
         .map(|sub| format!("Bash({program} {sub}:*)"))
         .collect()
+}
+
+/// [`allow_rules_for`] with [`MODEL_SUBCOMMANDS`], as `hooks install`
+/// writes them.
+pub fn allow_rules(program: &str) -> Vec<String> {
+    allow_rules_for(program, &MODEL_SUBCOMMANDS)
 }
 
 /// `s` as one POSIX shell word: unchanged when it has only characters that
@@ -102,19 +115,28 @@ pub fn shell_word(s: &str) -> String {
 
 /// The commands a model runs to report `task` (id and fencing token
 /// literal, no shell variables, `--dir` absolute), one per line as
-/// Markdown list items: complete, fail, release, heartbeat, create-task.
+/// Markdown list items: complete, fail, release (only `with_release`),
+/// heartbeat, create-task. The texts go in single quotes, in which Claude
+/// Code pre-approves backticks and `$` (it refuses them in double quotes).
 /// `program` is the first word (see [`shell_word`]).
-pub fn report_commands(program: &str, dir: &Path, task: &Task) -> String {
+pub fn report_commands(program: &str, dir: &Path, task: &Task, with_release: bool) -> String {
     let d = shell_word(&dir.display().to_string());
-    format!(
-        "- when done: `{program} complete {id} --token {tok} --dir {d} --result \"<one-paragraph summary>\"`\n\
-- if you cannot do it: `{program} fail {id} --token {tok} --dir {d} --error \"<why>\"`\n\
-- to hand it back untouched: `{program} release {id} --token {tok} --dir {d}`\n\
-- during long work (keeps your lease): `{program} heartbeat {id} --token {tok} --dir {d}`\n\
-- to add follow-up work: `{program} create-task \"<description>\" -p <1-10> --dir {d} [-d {id}]`",
-        id = task.id,
-        tok = task.fencing_token
-    )
+    let (id, tok) = (&task.id, task.fencing_token);
+    let mut s = format!(
+        "- when done: `{program} complete {id} --token {tok} --dir {d} --result '<one-paragraph summary>'`\n\
+- if you cannot do it: `{program} fail {id} --token {tok} --dir {d} --error '<why>'`\n"
+    );
+    if with_release {
+        s += &format!(
+            "- to hand it back untouched: `{program} release {id} --token {tok} --dir {d}`\n"
+        );
+    }
+    s += &format!(
+        "- during long work (keeps your lease): `{program} heartbeat {id} --token {tok} --dir {d}`\n\
+- to add follow-up work: `{program} create-task '<description>' -p <1-10> --dir {d} [-d {id}]`\n\
+(Put your text inside the single quotes; write a single quote in it as '\\''.)"
+    );
+    s
 }
 
 /// Adapter configuration.
@@ -658,7 +680,7 @@ pub fn run_claude(
     }
     let program = shell_word(&opts.orchestrate_bin.display().to_string());
     cmd.arg("--allowedTools")
-        .arg(allow_rules(&program).join(","));
+        .arg(allow_rules_for(&program, &WORKER_SUBCOMMANDS).join(","));
     cmd.args(&opts.extra_args)
         .current_dir(working_dir)
         .stdout(out)
@@ -766,14 +788,16 @@ pub fn worker_prompt(a: &Attempt<'_>, program: &str) -> String {
         "You may also report yourself, or add work that should be done separately to the shared queue, with these commands (they run without approval; your task is {} with fencing token {}):\n{}\n",
         t.id,
         t.fencing_token,
-        report_commands(program, a.coordination_dir, t)
+        report_commands(program, a.coordination_dir, t, false)
     );
     p
 }
 
 fn execute_claude(opts: &ClaudeOptions, a: &Attempt<'_>) -> Result<Execution> {
-    let (stderr_path, log_rel) = log_paths(a, "log")?;
-    let (stdout_path, _) = log_paths(a, "json")?;
+    // The reply (stdout) is what a person wants to read; stderr is
+    // usually empty.
+    let (stderr_path, _) = log_paths(a, "log")?;
+    let (stdout_path, log_rel) = log_paths(a, "json")?;
     let program = shell_word(&opts.orchestrate_bin.display().to_string());
     let prompt = worker_prompt(a, &program);
     let env = |cmd: &mut Command| base_env(cmd, a);
@@ -816,14 +840,15 @@ fn execute_claude(opts: &ClaudeOptions, a: &Attempt<'_>) -> Result<Execution> {
                 Some(reply.error_text())
             } else if !denied.is_empty() {
                 Some(format!(
-                    "claude was not allowed to run `{}` (permission_denials); allow it with --agent-arg --allowedTools --agent-arg '{}'",
+                    "claude was not allowed to run `{}` (permission_denials): workers may run only `{program} {}` without approval, with their texts in single quotes (Claude Code refuses `$` and backticks inside double quotes)",
                     denied[0],
-                    allow_rules(&program).join(",")
+                    WORKER_SUBCOMMANDS.join("|"),
                 ))
             } else if failed_by_text {
+                let why = reply.result.trim_end().trim_end_matches("TASK FAILED");
                 Some(format!(
                     "the worker reported TASK FAILED: {}",
-                    last_lines(&reply.result, 3)
+                    last_lines(why, 3)
                 ))
             } else {
                 None

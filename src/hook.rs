@@ -246,7 +246,7 @@ pub struct HookOutput {
 fn commands(c: &Coordination, o: &HookOptions, t: &Task) -> String {
     // `--dir` with the absolute path: the session's shell may be in a
     // subdirectory or another worktree.
-    crate::agent::report_commands(&o.program, c.layout().root(), t)
+    crate::agent::report_commands(&o.program, c.layout().root(), t, true)
 }
 
 fn describe(t: &Task) -> String {
@@ -422,7 +422,34 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
             })),
         });
     }
-    // Holding nothing: hand over the next ready task.
+    // Holding nothing. If this session handed back the task it was last
+    // given (released: pending with that very token, nobody claimed it
+    // since) while going on because of our hand-over, handing over again
+    // would loop claim/release without end (a release spends no attempt):
+    // let it stop (`spec` 14.3).
+    if let Some((id, tok)) = record
+        .as_ref()
+        .and_then(|r| r.last_block.as_deref())
+        .and_then(|k| k.rsplit_once(':'))
+    {
+        let released = c.get(id).is_ok_and(|t| {
+            t.status == crate::task::Status::Pending && tok.parse() == Ok(t.fencing_token)
+        });
+        if released && input.stop_hook_active {
+            c.update_agent(&o.agent, kind, |r| {
+                r.consecutive_blocks = 0;
+                r.last_block = None;
+            })?;
+            return Ok(HookOutput {
+                stdout: Some(json!({
+                    "systemMessage": format!(
+                        "orchestrate: this session handed task {id} back; not handing it (or another) over again in this turn"
+                    )
+                })),
+            });
+        }
+    }
+    // Hand over the next ready task.
     let req = ClaimRequest {
         agent: o.agent.clone(),
         task_id: None,

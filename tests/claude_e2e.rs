@@ -352,8 +352,9 @@ fn assert_dag_done_once(p: &Project, summary: &str) {
 
 #[test]
 fn run_no_plan_two_workers_the_model_reports_with_the_command_it_was_given() {
-    let Some(p) = Project::new(json!({"rules": [report_rule("## Task: ", "done by the model")]}))
-    else {
+    let Some(p) = Project::new(
+        json!({"rules": [report_rule("## Task: ", "done by the model: `src/x.rs` for $HOME")]}),
+    ) else {
         return;
     };
     p.ok(&["init", "the goal"]);
@@ -371,7 +372,7 @@ fn run_no_plan_two_workers_the_model_reports_with_the_command_it_was_given() {
         Duration::from_secs(180),
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert_dag_done_once(&p, "done by the model");
+    assert_dag_done_once(&p, "done by the model: `src/x.rs` for $HOME");
     // The Bash tool really ran: the CLI sent its result back, and nothing
     // was refused.
     let msgs = p.server.message_texts().join("\n");
@@ -653,7 +654,7 @@ fn session_result(child: &mut Child) -> Value {
 #[test]
 fn a_hooks_session_drains_the_queue_with_no_approvals() {
     let Some(p) = hooks_project(json!([
-        report_rule("Next task from the shared queue", "done in the session"),
+        report_rule("Next task from the shared queue", "done in the session: `a.rs`, $5"),
         {"match": ".", "steps": [{"text": "Ready."}]}
     ])) else {
         return;
@@ -668,7 +669,7 @@ fn a_hooks_session_drains_the_queue_with_no_approvals() {
     for id in ["a", "b", "c"] {
         let t = p.task(id);
         assert_eq!(t["status"], "completed", "{t:#}");
-        assert_eq!(t["result"], "done in the session");
+        assert_eq!(t["result"], "done in the session: `a.rs`, $5");
         assert_eq!(t["claimed_by"], session);
     }
     let msgs = p.server.message_texts();
@@ -749,4 +750,45 @@ fn two_hook_sessions_at_once_claim_every_task_exactly_once() {
             "{id} claimed more than once"
         );
     }
+}
+
+#[test]
+fn a_worker_model_that_releases_its_task_does_not_loop() {
+    // Workers are not handed `release` (it spends no attempt, so the worker
+    // would claim the task again without end), and it is not pre-approved.
+    // The model builds the release from the complete command it was given.
+    let Some(p) = Project::new(json!({"rules": [{"match": "## Task: ", "steps": [
+        {"bash_from": "when done: `([^`]*?) --result", "sub": [[" complete ", " release "]]},
+        {"text": "Handed back."}
+    ]}]})) else {
+        return;
+    };
+    let (t, out) = one_task(&p, "Work", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(t["status"], "dead", "{t:#}");
+    assert_eq!(p.count_events("task_claimed", "t"), 1);
+    assert!(!p.server.message_texts().join("").contains("hand it back"));
+}
+
+#[test]
+fn a_hooks_session_that_hands_its_task_back_stops_instead_of_looping() {
+    let Some(p) = hooks_project(json!([
+        {"match": "Next task from the shared queue", "steps": [
+            {"bash_from": "hand it back untouched: `([^`]*)`"},
+            {"text": "Handed back."}
+        ]},
+        {"match": ".", "steps": [{"text": "Ready."}]}
+    ])) else {
+        return;
+    };
+    p.ok(&["create-task", "hand me back", "--id", "hb"]);
+    let mut s = p.claude_session("start");
+    session_result(&mut s);
+    let t = p.task("hb");
+    assert_eq!(t["status"], "pending");
+    assert_eq!(
+        p.count_events("task_claimed", "hb"),
+        1,
+        "claimed again after its release"
+    );
 }

@@ -283,7 +283,7 @@ fn missing_claude_binary_is_a_clear_error_before_any_task() {
         .clone();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--claude-bin") && stderr.contains("--agent shell"),
+        stderr.contains("--claude-bin") && stderr.contains("--adapter shell"),
         "{stderr}"
     );
     assert!(env.task_files().is_empty());

@@ -185,8 +185,15 @@ fn install_interrupt_handler() {
                 stop_now();
             });
             // Last, and on its own thread: stderr may be a full pipe.
-            std::thread::spawn(|| {
-                output::eline("orchestrate: interrupted; stopping workers and releasing their tasks (Ctrl-C again to quit at once)");
+            std::thread::spawn(move || {
+                let what = if sig == SIGTERM {
+                    "terminated (SIGTERM)"
+                } else {
+                    "interrupted; Ctrl-C again to quit at once"
+                };
+                output::eline(format!(
+                    "orchestrate: {what}: stopping workers and releasing their tasks"
+                ));
             });
         }
     });
@@ -353,8 +360,9 @@ fn summary_table(r: &RunReport) -> String {
     );
     let tt = &r.totals;
     s += &format!(
-        "\n\n{} tasks: {} completed, {} dead, {} blocked, {} cancelled, {} unfinished in {:.1}s{}",
+        "\n\n{} task{}: {} completed, {} dead, {} blocked, {} cancelled, {} unfinished in {:.1}s{}",
         tt.total,
+        if tt.total == 1 { "" } else { "s" },
         tt.completed,
         tt.dead,
         tt.blocked,
@@ -613,6 +621,12 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
         orchestrate::agent::check_claude(&spec.claude)?;
     }
     install_interrupt_handler();
+    if !g.quiet {
+        output::eline(format!(
+            "orchestrate: worker {agent_id} on the queue {}",
+            c.layout().root().display()
+        ));
+    }
     let opts = WorkerOptions {
         agent_id,
         tags: a.tags,

@@ -288,40 +288,74 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool)
         .parent()
         .ok_or_else(|| Error::Other(format!("no parent directory for {}", path.display())))?;
     let tmp = dir.join(TEMP_NAME);
+    // Another user of a group-shared directory may swap the temp name for a
+    // symlink between our write and our rename (`spec` 4.7): the rename
+    // would then place their object. So the placed file is checked to be
+    // ours (same inode as our descriptor) and the write is redone when it
+    // is not; a success is only reported for our own bytes at `path`.
+    for _ in 0..WRITE_TRIES {
+        match write_once(path, &tmp, bytes, durable)? {
+            true => {
+                if durable && sync_parent {
+                    sync_dir(dir)?;
+                }
+                return Ok(());
+            }
+            false => {
+                tracing::warn!(path = %path.display(), "the temp file was replaced by someone else during a write; writing again")
+            }
+        }
+    }
+    Err(Error::corrupt(
+        path,
+        "someone keeps replacing the temp file `.tmp-write` during writes (a hostile user of a shared directory?); the write was not done",
+    ))
+}
+
+/// Attempts of [`write_atomic`] before it gives up on a directory whose
+/// temp file keeps being replaced under it.
+const WRITE_TRIES: usize = 5;
+
+/// One temp-write-rename; `Ok(false)` when what got placed at `path` is not
+/// the file we wrote (or the temp name was taken by someone else).
+fn write_once(path: &Path, tmp: &Path, bytes: &[u8], durable: bool) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
     crate::faults::point("before_temp_write");
-    match std::fs::remove_file(&tmp) {
+    match std::fs::remove_file(tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove stale temp file", &tmp, e)),
+        Err(e) => return Err(Error::io("remove stale temp file", tmp, e)),
     }
     let result = (|| {
-        let mut f = OpenOptions::new()
+        let mut f = match OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| Error::io("create temp file", &tmp, e))?;
+            .open(tmp)
+        {
+            Ok(f) => f,
+            // Planted between our remove and our create.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::io("create temp file", tmp, e)),
+        };
         set_file_mode(&f, path)?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
         crate::faults::point("after_temp_write");
         if durable {
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+            f.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
         }
         crate::faults::point("after_fsync");
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        let ours = f.metadata().map_err(|e| Error::io("stat", tmp, e))?;
+        std::fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
         crate::faults::point("after_rename");
-        Ok(())
+        let placed = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        Ok(placed.dev() == ours.dev() && placed.ino() == ours.ino())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
+    if !matches!(result, Ok(true)) {
+        let _ = std::fs::remove_file(tmp);
     }
-    if durable && sync_parent {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    result
 }
 
 /// Creates a directory (and parents) unless it exists; refuses a symlink in

@@ -145,3 +145,81 @@ fn a_group_shared_queue_of_my_group_is_trusted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 11 (5): another user of a shared `tasks/` swaps the temp name for
+/// a symlink in a loop while the owner heartbeats. No success is reported
+/// for a write that did not land: after every heartbeat that exits 0 the
+/// task file is a regular file holding that heartbeat's lease, and the
+/// target of the attacker's link is untouched.
+#[test]
+fn a_swapped_temp_file_never_lands_as_the_task_file() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED a_swapped_temp_file_never_lands_as_the_task_file: needs root to switch users"
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    env.ok(&["create-task", "t", "--id", "t"]);
+    let claim = env.claim("victim", &[]);
+    let canary = env.root().join("canary");
+    std::fs::write(&canary, b"alice's file").unwrap();
+    std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.tasks_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let tmp = env.tasks_dir().join(".tmp-write");
+    let attack = format!(
+        "while :; do ln -sfn {} {} 2>/dev/null; done",
+        canary.display(),
+        tmp.display()
+    );
+    let mut attacker = Command::new("sh");
+    attacker.args(["-c", &attack]);
+    // SAFETY: as in `as_user`.
+    unsafe {
+        attacker.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    attacker
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    /// Kills the attacker also when an assertion fails.
+    struct Killer(std::process::Child);
+    impl Drop for Killer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let attacker = Killer(attacker.spawn().unwrap());
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let out = env.run(&["heartbeat", "t", "--token", &claim.token_arg(), "--json"]);
+        let file = std::fs::symlink_metadata(env.task_path("t")).unwrap();
+        if out.status.success() {
+            ok += 1;
+            assert!(
+                file.file_type().is_file(),
+                "a reported heartbeat left tasks/t.json a symlink"
+            );
+            let reported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let on_disk = env.task_json("t");
+            assert_eq!(
+                on_disk["lease_expires_at"], reported["lease_expires_at"],
+                "the reported write is not on disk"
+            );
+        } else {
+            refused += 1;
+        }
+    }
+    drop(attacker);
+    assert_eq!(std::fs::read(&canary).unwrap(), b"alice's file");
+    assert!(ok > 0, "every heartbeat was refused");
+    eprintln!("{ok} heartbeats landed, {refused} refused, 0 attacker wins");
+}

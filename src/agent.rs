@@ -322,17 +322,30 @@ pub fn run_process(mut cmd: Command, timeout: Duration, cancel: &AtomicBool) -> 
     })
 }
 
-/// The last `n` bytes of a file as (lossy) UTF-8.
-fn tail(path: &Path, n: u64) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::new();
-    };
+/// The last `n` bytes of the file behind `f` as (lossy) UTF-8, read
+/// through the descriptor we created it with: the path may meanwhile name
+/// something else (another user's symlink to a secret, `/dev/zero`), and
+/// what is read back must be what our child wrote (`spec` 4.7).
+fn tail_of(f: &File, n: u64) -> String {
+    let mut f = f;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > n {
-        let _ = f.seek(SeekFrom::Start(len - n));
-    }
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
     let mut buf = Vec::new();
     let _ = f.take(n).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Largest Claude reply read back, in bytes (16 MiB); a longer one is cut
+/// and then fails to parse, as a reply that big is not ours to trust.
+const MAX_REPLY_BYTES: u64 = 16 << 20;
+
+/// The first [`MAX_REPLY_BYTES`] of the file behind `f`, through the
+/// descriptor (see [`tail_of`]).
+fn head_of(f: &File) -> String {
+    let mut f = f;
+    let _ = f.seek(SeekFrom::Start(0));
+    let mut buf = Vec::new();
+    let _ = f.take(MAX_REPLY_BYTES).read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
 }
 
@@ -388,7 +401,9 @@ fn create_log(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = crate::store::open_regular(
         path,
+        // Readable too: the output is read back through this descriptor.
         std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -426,9 +441,11 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
         return Ok(e);
     };
     let log = create_log(&log_path)?;
-    let err = log
-        .try_clone()
-        .map_err(|e| Error::io("open log file", &log_path, e))?;
+    let clone = |f: &File| {
+        f.try_clone()
+            .map_err(|e| Error::io("open log file", &log_path, e))
+    };
+    let (err, mine) = (clone(&log)?, clone(&log)?);
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(command).stdout(log).stderr(err);
     base_env(&mut cmd, a);
@@ -445,7 +462,7 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
     let ok = code == Some(0) && !end.timed_out && !end.cancelled;
     let result = json!({
         "exit_code": code,
-        "output": tail(&log_path, OUTPUT_TAIL_BYTES),
+        "output": tail_of(&mine, OUTPUT_TAIL_BYTES),
         "log_file": log_rel,
         "duration_ms": end.duration_ms,
     });
@@ -670,6 +687,8 @@ pub fn run_claude(
 ) -> Result<(Option<ProcessEnd>, ClaudeOutcome)> {
     let out = create_log(stdout_path)?;
     let err = create_log(stderr_path)?;
+    let clone = |f: &File, p: &Path| f.try_clone().map_err(|e| Error::io("open log file", p, e));
+    let (out_mine, err_mine) = (clone(&out, stdout_path)?, clone(&err, stderr_path)?);
     let mut cmd = Command::new(&opts.bin);
     cmd.arg("-p").arg(prompt).arg("--output-format").arg("json");
     if let Some(m) = &opts.model {
@@ -698,9 +717,9 @@ pub fn run_claude(
             ))
         }
     };
-    let stdout = std::fs::read_to_string(stdout_path).unwrap_or_default();
+    let stdout = head_of(&out_mine);
     let parsed = parse_claude_output(&stdout);
-    let stderr_tail = || tail(stderr_path, 4000).trim().to_string();
+    let stderr_tail = || tail_of(&err_mine, 4000).trim().to_string();
     let outcome = if end.timed_out || end.cancelled {
         ClaudeOutcome::Failed {
             reason: describe_end(&end, timeout),

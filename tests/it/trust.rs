@@ -223,3 +223,33 @@ fn a_swapped_temp_file_never_lands_as_the_task_file() {
     assert!(ok > 0, "every heartbeat was refused");
     eprintln!("{ok} heartbeats landed, {refused} refused, 0 attacker wins");
 }
+
+/// Issue 11 (4): a log path swapped for a symlink while the task runs is
+/// not read back: the output tail comes from the descriptor the worker
+/// created, so a secret behind the link never reaches the task's result.
+#[test]
+fn a_swapped_log_path_is_not_read_back() {
+    let env = TestEnv::new();
+    let secret = env.root().join("id_ed25519");
+    std::fs::write(&secret, b"-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+    let cmd = format!(
+        "echo mine; L=\"$COORDINATION_DIR/logs/$ORCHESTRATE_TASK_ID.$ORCHESTRATE_ATTEMPT.log\"; rm -f \"$L\"; ln -s {} \"$L\"",
+        secret.display()
+    );
+    env.ok(&["create-task", "t", "--id", "t", "--command", &cmd]);
+    env.ok(&[
+        "work",
+        "--agent",
+        "w",
+        "--adapter",
+        "shell",
+        "--until-empty",
+    ]);
+    let t = env.task_json("t");
+    let output = t["result"]["output"].as_str().unwrap();
+    assert!(output.contains("mine"), "{t:#}");
+    assert!(
+        !output.contains("PRIVATE KEY"),
+        "the secret behind the swapped log leaked: {t:#}"
+    );
+}

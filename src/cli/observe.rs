@@ -165,7 +165,7 @@ pub fn events(g: &Global, a: EventsArgs) -> Result<u8> {
                     serde_json::to_writer(&mut out, &e)?;
                     out.write_all(b"\n")?;
                 } else {
-                    out.write_all(human_event(&e).as_bytes())?;
+                    out.write_all(output::safe(&human_event(&e)).as_bytes())?;
                     out.write_all(b"\n")?;
                 }
             }

@@ -22,10 +22,37 @@ pub fn json_line(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints `s` as it is (no newline added) on stdout.
+/// `s` made safe for a terminal (`spec` 11, human output): control
+/// characters (C0 but line feed and tab, DEL, C1) and the bidirectional
+/// overrides and isolates (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F,
+/// U+061C) are written as `\x1b` or `\u{202e}`, so text from task files
+/// cannot move the cursor, set the title, hide a command or reorder a line.
+/// `--json` output is never changed.
+pub fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    };
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !bad(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Prints `s` (made [`safe`]; no newline added) on stdout.
 pub fn text(s: impl AsRef<str>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(s.as_ref().as_bytes())?;
+    out.write_all(safe(s.as_ref()).as_bytes())?;
     out.flush()?;
     Ok(())
 }
@@ -35,7 +62,7 @@ pub fn text(s: impl AsRef<str>) -> anyhow::Result<()> {
 /// instead of `eprintln!`, which panics when the write fails.
 pub fn eline(s: impl AsRef<str>) {
     let mut err = std::io::stderr().lock();
-    let _ = err.write_all(s.as_ref().as_bytes());
+    let _ = err.write_all(safe(s.as_ref()).as_bytes());
     let _ = err.write_all(b"\n");
 }
 
@@ -49,32 +76,49 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Prints a line of human text on stdout.
+/// Prints a line of human text (made [`safe`]) on stdout.
 pub fn line(s: impl AsRef<str>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(s.as_ref().as_bytes())?;
+    out.write_all(safe(s.as_ref()).as_bytes())?;
     out.write_all(b"\n")?;
     Ok(())
 }
 
-/// Cuts `s` to at most `n` characters, marking the cut with `…`.
+/// Cuts `s` (on one line) to at most `n` terminal columns, between
+/// grapheme clusters (never inside one: an emoji with modifiers, a letter
+/// with its accents), marking the cut with `…`.
 pub fn truncate(s: &str, n: usize) -> String {
+    use unicode_segmentation::UnicodeSegmentation;
+    use unicode_width::UnicodeWidthStr;
     let one_line = s.replace('\n', " ");
-    if one_line.chars().count() <= n {
-        one_line
-    } else {
-        let mut t: String = one_line.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
+    if one_line.width() <= n {
+        return one_line;
     }
+    let mut t = String::new();
+    let mut w = 0;
+    for g in one_line.graphemes(true) {
+        let gw = g.width();
+        if w + gw + 1 > n {
+            break;
+        }
+        t.push_str(g);
+        w += gw;
+    }
+    t.push('…');
+    t
+}
+
+/// Display width of `s` in terminal columns.
+fn width(s: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(s)
 }
 
 /// Renders rows as a left-aligned table with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
+            widths[i] = widths[i].max(width(&safe(c)));
         }
     }
     let fmt_row = |cells: Vec<&str>| {
@@ -83,8 +127,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(c);
-                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+                let c = safe(c);
+                s.push_str(&c);
+                s.push_str(&" ".repeat(widths[i].saturating_sub(width(&c)) + 2));
             }
         }
         s.trim_end().to_string()
@@ -150,4 +195,26 @@ pub fn task_details(t: &Task) -> String {
         s += &format!("result:\n{r}\n");
     }
     s.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_cuts_between_grapheme_clusters_by_display_width() {
+        let family = "\u{1f469}\u{200d}\u{1f469}\u{200d}\u{1f467}";
+        let s = format!("{family}{family}{family}");
+        let t = truncate(&s, 5);
+        // Each family is one cluster, two columns wide: two fit with the `…`.
+        assert_eq!(t, format!("{family}{family}…"));
+        assert_eq!(truncate("e\u{301}e\u{301}e\u{301}", 2), "e\u{301}…");
+        assert_eq!(truncate("short", 10), "short");
+    }
+
+    #[test]
+    fn safe_escapes_controls_and_bidi_but_keeps_newlines() {
+        assert_eq!(safe("a\u{1b}[2Kb\n\u{202e}c"), "a\\x1b[2Kb\n\\u{202e}c");
+        assert_eq!(safe("plain"), "plain");
+    }
 }

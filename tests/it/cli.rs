@@ -1534,3 +1534,51 @@ fn adapter_flag_and_transition_log_lines() {
     assert_eq!(v["attempt"], 1);
     assert_eq!(v["correlation_id"], "corr-7", "{line}");
 }
+
+/// Issue 11 (8): human output escapes control characters and bidi
+/// overrides from task text; `--json` keeps the text exact.
+#[test]
+fn terminal_output_escapes_control_and_bidi_characters() {
+    let env = TestEnv::new();
+    let evil = "title\u{1b}]0;TITLE-HIJACK\u{7}\u{1b}[2K\rhidden \u{202e}txet";
+    env.ok(&[
+        "create-task",
+        evil,
+        "--id",
+        "e",
+        "--command",
+        "echo ok\r\u{1b}[8mrm -rf ~",
+    ]);
+    env.ok(&["create-task", "other", "--id", "o"]);
+    let c = env.claim("x", &["e"]);
+    env.ok(&[
+        "fail",
+        "e",
+        "--token",
+        &c.token_arg(),
+        "--error",
+        "bad \u{1b}[31mred",
+    ]);
+    for args in [
+        vec!["list"],
+        vec!["show", "e"],
+        vec!["graph"],
+        vec!["graph", "--format", "dot"],
+        vec!["events"],
+        vec!["status"],
+    ] {
+        let out = env.expect(&args, 0);
+        let s = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !s.chars()
+                .any(|ch| (ch.is_control() && ch != '\n' && ch != '\t') || ch == '\u{202e}'),
+            "{args:?} printed a control character: {s:?}"
+        );
+    }
+    let shown = String::from_utf8(env.expect(&["show", "e"], 0).stdout).unwrap();
+    assert!(shown.contains("\\x1b]0;TITLE-HIJACK\\x07"), "{shown}");
+    assert!(shown.contains("\\u{202e}"), "{shown}");
+    assert!(shown.contains("echo ok\\x0d\\x1b[8mrm -rf ~"), "{shown}");
+    // JSON stays exact.
+    assert_eq!(env.json(&["show", "e", "--json"], 0)["description"], evil);
+}

@@ -291,12 +291,32 @@ pub fn tasks_from_value(v: &Value) -> std::result::Result<Vec<NewTask>, Vec<Stri
 /// Largest tasks or configuration file read, in bytes (64 MiB).
 pub const MAX_INPUT_FILE_BYTES: u64 = 64 << 20;
 
-/// Reads a user's input file as UTF-8, at most [`MAX_INPUT_FILE_BYTES`]
-/// (so that `/dev/zero` is refused, not read until memory runs out).
+/// Reads a user's input file as UTF-8, at most [`MAX_INPUT_FILE_BYTES`]:
+/// opened without blocking and refused unless it is a regular file, so a
+/// FIFO cannot hang the command and `/dev/zero` is refused, not read until
+/// memory runs out (`spec` 4.7). `what` names the file in errors.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the file: missing, not regular, too big, not
+/// UTF-8, unreadable.
+pub fn read_user_file(path: &std::path::Path, what: &str) -> Result<String> {
+    read_limited(path, what)
+}
+
 fn read_limited(path: &std::path::Path, what: &str) -> Result<String> {
     use std::io::Read;
-    let f = std::fs::File::open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
         .map_err(|e| Error::Invalid(format!("cannot read {what} `{}`: {e}", path.display())))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(Error::Invalid(format!(
+            "{what} `{}` is not a regular file (a FIFO, device or directory); nothing was read",
+            path.display()
+        )));
+    }
     let mut buf = Vec::new();
     f.take(MAX_INPUT_FILE_BYTES + 1)
         .read_to_end(&mut buf)

@@ -155,19 +155,46 @@ pub fn hooks(g: &Global, a: HooksArgs) -> Result<u8> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let mut path = settings::settings_path(scope, &project, home.as_deref())?;
     // A settings file kept elsewhere and linked in (dotfiles): edit the
-    // file it points to, not the link.
+    // file it points to, not the link, but only when that file is the
+    // user's own, and say so (`spec` 14.4); someone else's link would
+    // have us rewrite any JSON file we can write.
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-        path = std::fs::canonicalize(&path).map_err(|e| {
+        let target = std::fs::canonicalize(&path).map_err(|e| {
             orchestrate::Error::Invalid(format!(
                 "`{}` is a symlink that points nowhere ({e}); fix or remove it",
                 path.display()
             ))
         })?;
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let owned = std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == me)
+            && std::fs::metadata(&target).is_ok_and(|m| m.uid() == me && m.is_file());
+        if !owned {
+            return Err(orchestrate::Error::Invalid(format!(
+                "`{}` is a symlink to `{}`, which is not a regular file of yours; nothing was changed",
+                path.display(),
+                target.display()
+            ))
+            .into());
+        }
+        if action != "show" {
+            output::eline(format!(
+                "orchestrate: {} is a symlink; editing its target {}",
+                path.display(),
+                target.display()
+            ));
+        }
+        path = target;
     }
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    // Non-blocking, regular files only, bounded: a FIFO here is refused.
+    let text = if std::fs::symlink_metadata(&path).is_ok() {
+        Some(orchestrate::plan::read_user_file(
+            &path,
+            "Claude settings file",
+        )?)
+    } else {
+        None
     };
     let mut doc = settings::parse(&path, text.as_deref())?;
     if args.program.trim().is_empty() {

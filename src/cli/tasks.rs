@@ -292,6 +292,17 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
 
 /// Writes a JSON document to a user file atomically (temp file + rename).
 pub fn write_json_file(path: &Path, doc: &Value) -> Result<()> {
+    // Replacing a device, FIFO or directory with a regular file would break
+    // the system (`-o /dev/null` as root) or someone else's pipe: refuse.
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() {
+            return Err(Usage(format!(
+                "`{}` exists and is not a regular file (a device, FIFO or directory); name a file",
+                path.display()
+            ))
+            .into());
+        }
+    }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -348,18 +359,17 @@ pub fn create(g: &Global, a: CreateArgs) -> Result<u8> {
 }
 
 fn create_in_config(g: &Global, cfg: &Path, a: &CreateArgs) -> Result<u8> {
-    let text = match std::fs::read_to_string(cfg) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Invalid(format!(
-                "configuration file `{}` not found; create it with `orchestrate init GOAL -o {}`",
-                cfg.display(),
-                cfg.display()
-            ))
-            .into())
-        }
-        Err(e) => return Err(e).with_context(|| format!("read {}", cfg.display())),
-    };
+    if !cfg.exists() {
+        return Err(Error::Invalid(format!(
+            "configuration file `{}` not found; create it with `orchestrate init GOAL -o {}`",
+            cfg.display(),
+            cfg.display()
+        ))
+        .into());
+    }
+    // Non-blocking, regular files only, bounded: a FIFO or /dev/zero here
+    // is refused (`spec` 4.7).
+    let text = orchestrate::plan::read_user_file(cfg, "configuration file")?;
     let mut doc: Value = serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("`{}` is not valid JSON: {e}", cfg.display())))?;
     let tasks = doc
@@ -510,6 +520,7 @@ pub fn heartbeat(g: &Global, a: TokenArgs) -> Result<u8> {
 const MAX_RESULT_BYTES: u64 = 1 << 20;
 
 pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
+    use std::os::unix::fs::OpenOptionsExt;
     let result = match (&a.result, &a.result_file) {
         (Some(r), _) => Some(Value::String(r.clone())),
         (None, Some(f)) => {
@@ -523,9 +534,20 @@ pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
                 // A result file that cannot be opened is a bad argument (2),
                 // like one that cannot be read below, not an I/O failure of
                 // the coordination directory (74).
-                let file = std::fs::File::open(f).map_err(|e| {
-                    Error::Invalid(format!("cannot read result from `{}`: {e}", f.display()))
-                })?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(f)
+                    .map_err(|e| {
+                        Error::Invalid(format!("cannot read result from `{}`: {e}", f.display()))
+                    })?;
+                if !file.metadata().is_ok_and(|m| m.is_file()) {
+                    return Err(Error::Invalid(format!(
+                        "cannot read result from `{}`: not a regular file (use --result-file - to read stdin)",
+                        f.display()
+                    ))
+                    .into());
+                }
                 std::io::Read::read_to_string(
                     &mut std::io::Read::take(file, MAX_RESULT_BYTES + 1),
                     &mut buf,

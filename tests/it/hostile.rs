@@ -1047,3 +1047,98 @@ fn nothing_created_is_world_writable_whatever_the_umask() {
         bad.join("\n")
     );
 }
+
+/// Issue 11 (6): user-named input files are opened without blocking and
+/// must be regular: a FIFO or `/dev/zero` is refused at once (exit 2), and
+/// `-o` never replaces a device or FIFO with a regular file.
+#[test]
+fn fifos_devices_and_endless_inputs_are_refused_at_once() {
+    let env = TestEnv::new();
+    let fifo = env.root().join("fifo.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let f = fifo.to_str().unwrap();
+    for args in [
+        vec!["create-task", "x", "-c", f],
+        vec!["create-task", "x", "-c", "/dev/zero"],
+        vec!["run", "g", "--no-plan", "--adapter", "shell", "--tasks", f],
+        vec![
+            "run",
+            "g",
+            "--no-plan",
+            "--adapter",
+            "shell",
+            "--tasks",
+            "/dev/zero",
+        ],
+        vec!["from-config", f],
+    ] {
+        let start = std::time::Instant::now();
+        let out = crate::harness::output_within(
+            {
+                let mut c = env.std_cmd();
+                c.args(&args);
+                c
+            },
+            std::time::Duration::from_secs(20),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
+    }
+    // A FIFO as the Claude settings file.
+    std::fs::create_dir_all(env.root().join(".claude")).unwrap();
+    let settings = env.root().join(".claude/settings.json");
+    let c = std::ffi::CString::new(settings.to_str().unwrap()).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let out = crate::harness::output_within(
+        {
+            let mut c = env.std_cmd();
+            c.args(["hooks", "install"]);
+            c
+        },
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // -o onto a character device (as root: a copy of /dev/null).
+    if crate::harness::is_root() {
+        let dev = env.root().join("null");
+        let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+        // SAFETY: mknod of a character device 1:3 in our temp dir.
+        assert_eq!(
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
+        let tasks = env.root().join("t.json");
+        std::fs::write(
+            &tasks,
+            br#"[{"id": "a", "description": "a", "command": "true"}]"#,
+        )
+        .unwrap();
+        let out = env.run(&["init", "g", "-o", dev.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0));
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            std::fs::symlink_metadata(&dev)
+                .unwrap()
+                .file_type()
+                .is_char_device(),
+            "the device was replaced"
+        );
+    }
+}

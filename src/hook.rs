@@ -221,6 +221,43 @@ pub fn agent_id(input: &HookInput, override_id: Option<&str>) -> Result<String> 
     Ok(id)
 }
 
+/// The agent id a session acts as, and a note for the session when it is
+/// not the one it asked for: as [`agent_id`], except that an id taken by
+/// another live session (its agent record is `active` and names another
+/// `session_id`) is not shared: the session then acts as its own
+/// `session_id`, so it is never told it holds another session's task
+/// (`spec` 14.1).
+///
+/// # Errors
+/// As [`agent_id`]; errors reading the agent record.
+pub fn resolve_agent(
+    c: &Coordination,
+    input: &HookInput,
+    override_id: Option<&str>,
+) -> Result<(String, Option<String>)> {
+    let id = agent_id(input, override_id)?;
+    if id == input.session_id {
+        return Ok((id, None));
+    }
+    match c.agent(&id)? {
+        Some(r)
+            if r.status == AgentStatus::Active
+                && r.session_id
+                    .as_deref()
+                    .is_some_and(|s| s != input.session_id) =>
+        {
+            let own = agent_id(input, None)?;
+            let note = format!(
+                "agent id `{id}` is in use by another live Claude session ({}); this session acts as `{own}` instead. Give each session its own ORCHESTRATE_AGENT_ID.",
+                r.session_id.unwrap_or_default()
+            );
+            tracing::warn!(agent_id = %id, session_id = %input.session_id, "{note}");
+            Ok((own, Some(note)))
+        }
+        _ => Ok((id, None)),
+    }
+}
+
 /// Options of `orchestrate hook`.
 #[derive(Debug, Clone)]
 pub struct HookOptions {
@@ -230,6 +267,9 @@ pub struct HookOptions {
     pub lease_ms: u64,
     /// Bound on Stop-hook blocks in a row without progress.
     pub max_blocks: u32,
+    /// Said to the session at SessionStart: why its agent id is not the
+    /// one it asked for ([`resolve_agent`]).
+    pub note: Option<String>,
     /// The first word of the commands handed to Claude: the program as the
     /// hook was invoked (`orchestrate`, or the path `hooks install
     /// --program` wrote), so that the allow rules of the settings match.
@@ -312,6 +352,7 @@ pub fn handle(
         HookEvent::SessionStart => {
             c.update_agent(&o.agent, kind, |r| {
                 r.status = AgentStatus::Active;
+                r.session_id = Some(input.session_id.clone());
                 r.cwd = input.cwd.clone().or(r.cwd.take());
                 r.transcript_path = input.transcript_path.clone().or(r.transcript_path.take());
                 r.consecutive_blocks = 0;
@@ -324,6 +365,9 @@ pub fn handle(
                 o.agent,
                 c.layout().root().display()
             );
+            if let Some(n) = &o.note {
+                text += &format!(" Note: {n}");
+            }
             if !goal.is_empty() {
                 text += &format!(" The shared goal: {goal}");
             }

@@ -49,6 +49,11 @@ pub struct AgentRecord {
     /// `<task id>:<fencing token>` the last block was about, to tell progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_block: Option<String>,
+    /// The Claude Code `session_id` that registered this agent id
+    /// (SessionStart), so that a second live session with the same id is
+    /// told so and acts under its own id (`spec` 3.5, 14.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -68,6 +73,7 @@ impl AgentRecord {
             last_seen_at: now,
             consecutive_blocks: 0,
             last_block: None,
+            session_id: None,
             extra: Map::new(),
         }
     }

@@ -621,3 +621,44 @@ fn task_text_is_fenced_as_data_before_our_commands() {
         "our commands come after the block:\n{reason}"
     );
 }
+
+/// Issue 11 (9): two sessions with one ORCHESTRATE_AGENT_ID. The second is
+/// told the id is taken and acts under its own session id; it is never
+/// told it holds, or blocked on, the first session's task.
+#[test]
+fn a_second_live_session_with_the_same_agent_id_gets_its_own() {
+    let p = Project::new();
+    p.create("one", &[]);
+    let run = |event: &str, fixture_name: &str, session: &str| {
+        let out = Command::new(bin())
+            .current_dir("/")
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_HOOKS")
+            .env_remove("ORCHESTRATE_FENCING_TOKEN")
+            .env("ORCHESTRATE_AGENT_ID", "shared-name")
+            .args(["hook", event])
+            .write_stdin(p.input(fixture_name, session))
+            .timeout(Duration::from_secs(30))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let s = String::from_utf8_lossy(&out.stdout).to_string();
+        (!s.trim().is_empty()).then(|| serde_json::from_str::<Value>(&s).unwrap())
+    };
+    run("session-start", "session-start.json", "sess-1");
+    let handed = run("stop", "stop.json", "sess-1").unwrap();
+    assert_eq!(handed["decision"], "block");
+    assert_eq!(p.task("one")["claimed_by"], "shared-name");
+    let ctx = run("session-start", "session-start.json", "sess-2").unwrap();
+    let text = ctx["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(
+        text.contains("in use by another live Claude session"),
+        "{text}"
+    );
+    assert!(!text.contains("You hold this task"), "{text}");
+    // Its Stop finds nothing of its own (the only task is session 1's).
+    assert!(run("stop", "stop.json", "sess-2").is_none());
+    assert_eq!(p.task("one")["claimed_by"], "shared-name");
+}

@@ -122,8 +122,10 @@ fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(5_000),
     );
+    let (agent, note) = hook::resolve_agent(&c, &input, a.agent.as_deref())?;
     let opts = HookOptions {
-        agent: hook::agent_id(&input, a.agent.as_deref())?,
+        agent,
+        note,
         lease_ms: a.lease.as_millis() as u64,
         max_blocks: a.max_blocks,
         program: hook_program(),

@@ -34,6 +34,17 @@ pub struct Coordination {
     index: Index,
 }
 
+/// Who may use a coordination directory (`spec` 4.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// `0755` directories, `0644` files: others read, only the owner writes.
+    Default,
+    /// `2775`/`0664`: the directory's group reads and writes (`--group-shared`).
+    Group,
+    /// `0700`/`0600`: the owner alone (`--private`).
+    Private,
+}
+
 /// Longest pause, in milliseconds, of a woken `claim --wait` before it
 /// looks at the ready index again (`spec` 6.5): spreads the waiters so the
 /// first claim empties the index for the others.
@@ -190,14 +201,35 @@ impl Coordination {
         goal: Option<String>,
         group_shared: bool,
     ) -> Result<(Self, bool)> {
+        let sharing = if group_shared {
+            Sharing::Group
+        } else {
+            Sharing::Default
+        };
+        Self::init_shared(dir, goal, sharing)
+    }
+
+    /// As [`Coordination::init`], with the directory's audience
+    /// ([`Sharing`]; `spec` 4.7) set first, so that everything created in it
+    /// follows.
+    ///
+    /// # Errors
+    /// As [`Coordination::init`].
+    pub fn init_shared(
+        dir: impl Into<PathBuf>,
+        goal: Option<String>,
+        sharing: Sharing,
+    ) -> Result<(Self, bool)> {
         let layout = Layout::new(dir.into());
         // The directory itself may be a symlink (to shared storage); only
         // what is inside it must not be.
         if !layout.root().exists() {
             store::create_dir(layout.root())?;
         }
-        if group_shared {
-            store::make_group_shared(layout.root())?;
+        match sharing {
+            Sharing::Group => store::make_group_shared(layout.root())?,
+            Sharing::Private => store::make_private(layout.root())?,
+            Sharing::Default => {}
         }
         let _guard = lock::acquire(
             &layout.lock(),

@@ -18,14 +18,32 @@ use std::path::Path;
 /// `0644`, plus group write when `dir` is group-writable (a directory shared
 /// by a group, `init --group-shared`). Never world-writable, whatever the
 /// umask: the bits are set with fchmod after creation.
+///
+/// A private directory (no access for group or others, `init --private`)
+/// gives `0600`, so results and logs are readable by the owner only.
 pub fn file_mode_for(dir: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    let group = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o020 != 0);
-    if group {
+    let mode = std::fs::metadata(dir)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0o755);
+    if mode & 0o077 == 0 {
+        0o600
+    } else if mode & 0o020 != 0 {
         0o664
     } else {
         0o644
     }
+}
+
+/// Makes `dir` private to its owner: `0700` (`init --private`); files
+/// created in it get `0600` and directories `0700`.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn make_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("chmod", dir, e))
 }
 
 /// Sets `f`'s permission bits to [`file_mode_for`] its directory.
@@ -396,10 +414,10 @@ pub fn create_dir(dir: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("create directory", dir, e)),
     }
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let mode = if file_mode_for(parent) == 0o664 {
-        0o2775
-    } else {
-        0o755
+    let mode = match file_mode_for(parent) {
+        0o664 => 0o2775,
+        0o600 => 0o700,
+        _ => 0o755,
     };
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("chmod", dir, e))

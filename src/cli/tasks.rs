@@ -27,8 +27,11 @@ pub struct InitArgs {
     #[arg(long)]
     pub force: bool,
     /// Share the directory with its group: 2775 (setgid), files 0664. chgrp it to the team's group first, or create it inside a setgid directory of that group
-    #[arg(long)]
+    #[arg(long, conflicts_with = "private")]
     pub group_shared: bool,
+    /// Keep the directory to yourself: 0700, files 0600 (results and logs readable by you alone)
+    #[arg(long)]
+    pub private: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,7 +238,14 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
             .into());
         }
     }
-    let (c, created) = Coordination::init_with(&d, a.goal.clone(), a.group_shared)?;
+    let sharing = if a.group_shared {
+        orchestrate::protocol::Sharing::Group
+    } else if a.private {
+        orchestrate::protocol::Sharing::Private
+    } else {
+        orchestrate::protocol::Sharing::Default
+    };
+    let (c, created) = Coordination::init_shared(&d, a.goal.clone(), sharing)?;
     let mut config_file = None;
     if let Some(out) = &a.output {
         let wd = match &a.cwd {

@@ -253,3 +253,45 @@ fn a_swapped_log_path_is_not_read_back() {
         "the secret behind the swapped log leaked: {t:#}"
     );
 }
+
+/// Issue 11 (10): `init --private` keeps everything to its owner: every
+/// directory 0700 and every file 0600, logs and results included.
+#[test]
+fn a_private_queue_is_readable_by_its_owner_only() {
+    let env = TestEnv::uninit();
+    env.ok(&["init", "g", "--private"]);
+    env.ok(&[
+        "create-task",
+        "t",
+        "--id",
+        "t",
+        "--command",
+        "echo secret-output",
+    ]);
+    env.ok(&[
+        "work",
+        "--agent",
+        "w",
+        "--adapter",
+        "shell",
+        "--until-empty",
+    ]);
+    assert_eq!(env.task_json("t")["status"], "completed");
+    let mut stack = vec![env.dir().to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        let m = std::fs::symlink_metadata(&d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(m, 0o700, "{}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else {
+                seen += 1;
+                assert_eq!(md.permissions().mode() & 0o7777, 0o600, "{}", p.display());
+            }
+        }
+    }
+    assert!(seen >= 6, "only {seen} files checked");
+}

@@ -122,6 +122,15 @@ fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(5_000),
     );
+    // The commands we hand over carry --dir literally; a path that is not
+    // UTF-8 cannot be written into them without a lossy or `$'...'` form
+    // (which Claude Code will not pre-approve), so refuse it clearly.
+    if c.layout().root().to_str().is_none() {
+        anyhow::bail!(
+            "the coordination directory {} is not valid UTF-8, so the commands handed to Claude cannot name it; move the project or point COORDINATION_DIR at a UTF-8 path",
+            c.layout().root().display()
+        );
+    }
     let (agent, note) = hook::resolve_agent(&c, &input, a.agent.as_deref())?;
     let opts = HookOptions {
         agent,

@@ -579,6 +579,18 @@ impl Coordination {
         result: Option<Value>,
         log_file: Option<String>,
     ) -> Result<Task> {
+        self.fail_with(id, token, error, result, log_file, false)
+    }
+
+    fn fail_with(
+        &self,
+        id: &str,
+        token: u64,
+        error: &str,
+        result: Option<Value>,
+        log_file: Option<String>,
+        permanent: bool,
+    ) -> Result<Task> {
         let id = TaskId::new(id)?;
         self.mutate(|tx| {
             let mut t = tx.load(&id)?;
@@ -589,7 +601,7 @@ impl Coordination {
             if log_file.is_some() {
                 t.log_file = log_file;
             }
-            tx.fail_attempt(t, error.to_string(), "task_failed", false)
+            tx.fail_attempt(t, error.to_string(), "task_failed", permanent)
         })
     }
 
@@ -610,18 +622,7 @@ impl Coordination {
         result: Option<Value>,
         log_file: Option<String>,
     ) -> Result<Task> {
-        let id = TaskId::new(id)?;
-        self.mutate(|tx| {
-            let mut t = tx.load(&id)?;
-            t.check_token(token, tx.now, "fail")?;
-            if result.is_some() {
-                t.result = result;
-            }
-            if log_file.is_some() {
-                t.log_file = log_file;
-            }
-            tx.fail_attempt(t, error.to_string(), "task_failed", true)
-        })
+        self.fail_with(id, token, error, result, log_file, true)
     }
 
     /// Gives a held task back without spending an attempt (`spec` 5.5).

@@ -58,18 +58,7 @@ fn limited(env: &TestEnv, args: &[String]) -> Command {
 fn as_nobody(env: &TestEnv, args: &[String]) -> Command {
     let mut c = env.std_cmd();
     c.args(args);
-    // SAFETY: setgroups, setgid and setuid are async-signal-safe.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::harness::run_as(&mut c, 65534);
     c
 }
 

@@ -6,7 +6,6 @@
 use crate::harness::is_root;
 use crate::support::{bin, TestEnv};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// `orchestrate ARGS` run as `uid` (gid the same, no other groups) in `cwd`,
@@ -18,18 +17,7 @@ fn as_user(uid: u32, cwd: &std::path::Path, args: &[&str]) -> Command {
         .env_remove("COORDINATION_DIR")
         .env_remove("ORCHESTRATE_SAFE_DIRS")
         .env_remove("ORCHESTRATE_AGENT_ID");
-    // SAFETY: setgroups, setgid and setuid are async-signal-safe.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::harness::run_as(&mut c, uid);
     c
 }
 
@@ -174,18 +162,7 @@ fn a_swapped_temp_file_never_lands_as_the_task_file() {
     );
     let mut attacker = Command::new("sh");
     attacker.args(["-c", &attack]);
-    // SAFETY: as in `as_user`.
-    unsafe {
-        attacker.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::harness::run_as(&mut attacker, 65534);
     attacker
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

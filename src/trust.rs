@@ -64,6 +64,15 @@ pub fn problem(dir: &Path) -> Option<String> {
             mode & 0o7777
         ));
     }
+    // Group-writable: the group's members can plant tasks, so the user
+    // must be one of them (then they are the chosen audience), whoever
+    // owns the directory.
+    if mode & 0o020 != 0 && !in_my_groups(m.gid()) {
+        return Some(format!(
+            "it is writable by group {}, which you are not in",
+            m.gid()
+        ));
+    }
     let owner_ok = m.uid() == me || m.uid() == 0;
     let group_ok = mode & 0o2020 == 0o2020 && in_my_groups(m.gid());
     if owner_ok || group_ok {

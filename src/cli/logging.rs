@@ -23,7 +23,8 @@ pub fn init(g: &Global) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Logs never block or fail a command (a full or closed stderr).
+        .with_writer(|| super::output::StderrNoWait);
     if g.log_format.as_deref() == Some("json") {
         let _ = builder
             .json()

@@ -61,9 +61,44 @@ pub fn text(s: impl AsRef<str>) -> anyhow::Result<()> {
 /// never stop (or panic) a command whose real output is elsewhere. Use this
 /// instead of `eprintln!`, which panics when the write fails.
 pub fn eline(s: impl AsRef<str>) {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(safe(s.as_ref()).as_bytes());
-    let _ = err.write_all(b"\n");
+    let mut line = safe(s.as_ref()).into_owned();
+    line.push('\n');
+    let _ = StderrNoWait.write_all(line.as_bytes());
+}
+
+/// stderr that never blocks and never fails: a write that would wait (a
+/// full pipe nobody reads) is dropped, as is one to a closed or full
+/// stderr. For progress lines and logs, which must never hold up a worker,
+/// a signal's shutdown, or a thread holding the directory lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrNoWait;
+
+impl Write for StderrNoWait {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut pfd = libc::pollfd {
+            fd: 2,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own; write of our own buffer to fd 2.
+        unsafe {
+            if libc::poll(&mut pfd, 1, 0) != 1 || pfd.revents & libc::POLLOUT == 0 {
+                return Ok(buf.len());
+            }
+            // A pipe with room for PIPE_BUF bytes says POLLOUT; write what
+            // fits of a longer line, never waiting for the rest.
+            let chunk = buf.len().min(libc::PIPE_BUF);
+            let n = libc::write(2, buf.as_ptr().cast(), chunk);
+            if n < 0 {
+                return Ok(buf.len());
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// True when `e` is, somewhere in its chain, a write to a closed pipe.
@@ -147,9 +182,15 @@ pub fn task_details(t: &Task) -> String {
     let ts = |x: &Option<orchestrate::Timestamp>| {
         x.as_ref().map(clock::format).unwrap_or_else(|| "-".into())
     };
+    // One line per field: a newline inside a value is shown as `\n`, so a
+    // description cannot forge the fields below it.
+    let one = |v: &str| v.replace('\n', "\\n");
     let mut s = format!(
         "id:            {}\nstatus:        {}\npriority:      {}\ndescription:   {}\n",
-        t.id, t.status, t.priority, t.description
+        t.id,
+        t.status,
+        t.priority,
+        one(&t.description)
     );
     let deps: Vec<String> = t.dependencies.iter().map(|d| d.to_string()).collect();
     s += &format!(
@@ -170,19 +211,19 @@ pub fn task_details(t: &Task) -> String {
     s += &format!("not_before:    {}\n", ts(&t.not_before));
     s += &format!("created_at:    {}\n", clock::format(&t.created_at));
     if let Some(c) = &t.command {
-        s += &format!("command:       {c}\n");
+        s += &format!("command:       {}\n", one(c));
     }
     if !t.context.files.is_empty() {
         s += &format!("files:         {}\n", t.context.files.join(", "));
     }
     if let Some(h) = &t.context.hints {
-        s += &format!("hints:         {h}\n");
+        s += &format!("hints:         {}\n", one(&h.to_string()));
     }
     if !t.context.tags.is_empty() {
-        s += &format!("tags:          {}\n", t.context.tags.join(", "));
+        s += &format!("tags:          {}\n", one(&t.context.tags.join(", ")));
     }
     if let Some(e) = &t.error {
-        s += &format!("error:         {e}\n");
+        s += &format!("error:         {}\n", one(e));
     }
     if let Some(l) = &t.log_file {
         s += &format!("log_file:      {l}\n");

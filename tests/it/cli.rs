@@ -1581,4 +1581,17 @@ fn terminal_output_escapes_control_and_bidi_characters() {
     assert!(shown.contains("echo ok\\x0d\\x1b[8mrm -rf ~"), "{shown}");
     // JSON stays exact.
     assert_eq!(env.json(&["show", "e", "--json"], 0)["description"], evil);
+    // A newline cannot forge a field of `show`.
+    env.ok(&[
+        "create-task",
+        "fix bug\nstatus:        completed",
+        "--id",
+        "spoof",
+    ]);
+    let shown = String::from_utf8(env.expect(&["show", "spoof"], 0).stdout).unwrap();
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("status:")).count(),
+        1,
+        "{shown}"
+    );
 }

@@ -204,10 +204,16 @@ fn sigterm_ends_a_run_blocked_on_a_full_stderr_within_two_seconds() {
     let tasks = shell_tasks(&env, &[&cmd_text]);
     // Once with stderr working (SIGTERM while the task runs), once with
     // stderr a full pipe (the first progress line blocks the run).
-    for blocked in [false, true] {
+    // Third: stdout and stderr both full pipes and -vvv logging, so every
+    // thread that writes anything would block (issue 10 break-it trial).
+    for (blocked, both) in [(false, false), (true, false), (true, true)] {
         let _ = std::fs::remove_file(&pidfile);
         let (_keep, err) = full_pipe();
+        let (_keep_out, out) = full_pipe();
         let mut cmd = env.std_cmd();
+        if both {
+            cmd.arg("-vvv");
+        }
         cmd.args([
             "run",
             "goal",
@@ -220,6 +226,9 @@ fn sigterm_ends_a_run_blocked_on_a_full_stderr_within_two_seconds() {
         ])
         .arg(&tasks)
         .stdout(Stdio::null());
+        if both {
+            cmd.stdout(out);
+        }
         if blocked {
             cmd.stderr(err);
         } else {

@@ -272,3 +272,38 @@ fn a_private_queue_is_readable_by_its_owner_only() {
     }
     assert!(seen >= 6, "only {seen} files checked");
 }
+
+/// A queue writable by a group the user is not in is refused even when the
+/// user owns it: the group's members could have planted its tasks.
+#[test]
+fn a_queue_writable_by_a_foreign_group_is_refused() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED a_queue_writable_by_a_foreign_group_is_refused: needs root to switch users"
+        );
+        return;
+    }
+    for mode in [0o775, 0o2775] {
+        let (env, project, marker) = planted(mode, 65534);
+        std::os::unix::fs::chown(env.dir(), Some(65534), Some(100)).unwrap();
+        std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = as_user(
+            65534,
+            &project,
+            &[
+                "work",
+                "--agent",
+                "v",
+                "--adapter",
+                "shell",
+                "--until-empty",
+            ],
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(74), "{mode:o}: {stderr}");
+        assert!(stderr.contains("writable by group 100"), "{stderr}");
+        assert!(!marker.exists());
+    }
+}

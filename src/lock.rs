@@ -99,35 +99,30 @@ fn open_lock_file(path: &Path) -> Result<File> {
     ))
 }
 
-/// Makes `lock.anchor` a second name of the locked `lock` file when it is
-/// missing or names another inode (a directory from before anchors, or a
-/// lock file replaced by hand). Called with the lock held.
-fn ensure_anchor(file: &File, path: &Path) {
+/// Device and inode of an open file (`fstat(2)`).
+fn identity(file: &File) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// True when `path` (not followed: `lstat(2)`) is the file `id` names.
+fn names(path: &Path, id: (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == id)
+}
+
+/// Makes `lock.anchor` a second name of the locked `lock` file (identity
+/// `id`) when it is missing or names another inode (a directory from before
+/// anchors, or a lock file replaced by hand). Called with the lock held.
+fn ensure_anchor(id: (u64, u64), path: &Path) {
     let anchor = anchor_path(path);
-    let same = match (file.metadata(), std::fs::symlink_metadata(&anchor)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    };
-    if same {
+    if names(&anchor, id) {
         return;
     }
     let tmp = path.with_file_name(format!(".lock.anchor.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     if std::fs::hard_link(path, &tmp).is_ok() && std::fs::rename(&tmp, &anchor).is_err() {
         let _ = std::fs::remove_file(&tmp);
-    }
-}
-
-/// True when `file` is still the file at `path`: the same device and inode
-/// (`fstat(2)` of the descriptor against `lstat(2)` of the path). A lock
-/// file that was deleted or replaced while we waited for it locks nothing
-/// that the next process will see (`spec` 4.1, lock identity).
-fn still_at_path(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
     }
 }
 
@@ -148,8 +143,10 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard> {
     loop {
         let left = timeout.saturating_sub(start.elapsed());
         let file = acquire_once(path, left, start)?;
-        if still_at_path(&file, path) {
-            ensure_anchor(&file, path);
+        // Lock identity (`spec` 4.1): a lock file deleted or replaced while
+        // we waited for it locks nothing the next process will see.
+        if let Some(id) = identity(&file).filter(|&id| names(path, id)) {
+            ensure_anchor(id, path);
             return Ok(LockGuard {
                 file,
                 path: path.to_path_buf(),

@@ -663,22 +663,11 @@ fn cancel_stops_the_running_process_within_a_second() {
         .unwrap(),
     )
     .unwrap();
-    let mut run = env.std_cmd();
-    run.args([
-        "run",
-        "goal",
-        "--agent",
-        "shell",
-        "--no-plan",
-        "-w",
-        "1",
-        "-o",
-    ])
-    .arg(env.root().join("report.json"))
-    .arg("--tasks")
-    .arg(&tasks)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut run = env.shell_run_cmd(&tasks);
+    run.arg("-o")
+        .arg(env.root().join("report.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = run.spawn().unwrap();
     wait_for("the loop to start", Duration::from_secs(20), || {
         std::fs::read_to_string(&out)

@@ -175,20 +175,8 @@ fn shell_tasks(env: &TestEnv, commands: &[&str]) -> std::path::PathBuf {
 fn run_with_its_output_gone_still_runs_every_task() {
     let env = TestEnv::new();
     let tasks = shell_tasks(&env, &["echo one", "echo two", "echo three", "echo four"]);
-    let mut cmd = env.std_cmd();
-    cmd.args([
-        "run",
-        "goal",
-        "--agent",
-        "shell",
-        "--no-plan",
-        "-w",
-        "1",
-        "--tasks",
-    ])
-    .arg(&tasks)
-    .stdout(closed_pipe())
-    .stderr(closed_pipe());
+    let mut cmd = env.shell_run_cmd(&tasks);
+    cmd.stdout(closed_pipe()).stderr(closed_pipe());
     let (code, _) = wait_limit(cmd.spawn().unwrap(), Duration::from_secs(60));
     assert_eq!(code, Some(0));
     for i in 0..4 {
@@ -210,24 +198,10 @@ fn sigterm_ends_a_run_blocked_on_a_full_stderr_within_two_seconds() {
         let _ = std::fs::remove_file(&pidfile);
         let (_keep, err) = full_pipe();
         let (_keep_out, out) = full_pipe();
-        let mut cmd = env.std_cmd();
+        let mut cmd = env.shell_run_cmd(&tasks);
+        cmd.stdout(Stdio::null());
         if both {
-            cmd.arg("-vvv");
-        }
-        cmd.args([
-            "run",
-            "goal",
-            "--agent",
-            "shell",
-            "--no-plan",
-            "-w",
-            "1",
-            "--tasks",
-        ])
-        .arg(&tasks)
-        .stdout(Stdio::null());
-        if both {
-            cmd.stdout(out);
+            cmd.arg("-vvv").stdout(out);
         }
         if blocked {
             cmd.stderr(err);

@@ -145,6 +145,24 @@ impl TestEnv {
         c
     }
 
+    /// `orchestrate run goal --agent shell --no-plan -w 1 --tasks FILE` as a
+    /// `std` command, for runs the test drives itself (signals, pipes).
+    pub fn shell_run_cmd(&self, tasks: &Path) -> std::process::Command {
+        let mut c = self.std_cmd();
+        c.args([
+            "run",
+            "goal",
+            "--agent",
+            "shell",
+            "--no-plan",
+            "-w",
+            "1",
+            "--tasks",
+        ])
+        .arg(tasks);
+        c
+    }
+
     /// Runs the binary with `args` and returns its output, whatever the exit.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run orchestrate")

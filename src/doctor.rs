@@ -18,7 +18,7 @@ use crate::protocol::Coordination;
 use crate::store;
 use crate::task::{Status, Task, TaskId};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// How bad a finding is.
@@ -494,6 +494,27 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                     "rebuild the index",
                     true,
                 );
+            }
+            if matches!(t.status, Status::Pending | Status::Blocked)
+                && t.dependencies.len() >= crate::index::UNMET_MIN_DEPS
+            {
+                let distinct: HashSet<&TaskId> = t.dependencies.iter().collect();
+                let truth = distinct
+                    .into_iter()
+                    .filter(|d| tasks.get(*d).is_none_or(|x| x.status != Status::Completed))
+                    .count() as u64;
+                if let Some(n) = c.unmet_entry(id)?.filter(|n| *n > truth) {
+                    col.add(
+                        "index_stale",
+                        Severity::Error,
+                        &format!("index/unmet/{id}"),
+                        format!(
+                            "the index counts {n} unfinished dependencies of `{id}` where there are {truth}, so it might never become ready"
+                        ),
+                        "rebuild the index",
+                        true,
+                    );
+                }
             }
             if missing {
                 col.add(

@@ -26,6 +26,10 @@
 //! - `index/dependents/<id>`: ids of tasks that depend on `<id>`, one per line.
 //! - `index/leases`: one line `<expires_ms>-<id>` per claimed task
 //!   (13-digit Unix milliseconds).
+//! - `index/unmet/<id>`: for a task with at least [`UNMET_MIN_DEPS`]
+//!   dependencies, at most the number of its distinct dependencies not yet
+//!   completed, so a completion of one of many dependencies need not read
+//!   the dependent's file (fan-in stays linear; spec section 9).
 
 use crate::error::{Error, Result};
 use crate::task::{Task, TaskId};
@@ -35,7 +39,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Version written to `index/version`; any other content means "rebuild".
-pub const INDEX_VERSION: &str = "2";
+pub const INDEX_VERSION: &str = "3";
+
+/// Tasks with at least this many dependencies get an `index/unmet/<id>`
+/// counter; fewer are checked directly, which is as cheap.
+pub const UNMET_MIN_DEPS: usize = 16;
 const BUCKET: u64 = 256;
 
 /// Handle on `index/`.
@@ -53,6 +61,7 @@ enum Access {
     Read,
     Append,
     Write,
+    Create,
 }
 
 /// Opens an index file without following a symlink or blocking on a FIFO.
@@ -67,6 +76,7 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
             Access::Read => o.read(true),
             Access::Append => o.append(true).create(true).mode(0o600),
             Access::Write => o.write(true),
+            Access::Create => o.write(true).create(true).mode(0o600),
         };
         let planted = match o
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
@@ -74,7 +84,7 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
         {
             Ok(f) => {
                 if f.metadata().map_err(io("stat", p))?.is_file() {
-                    if access == Access::Append {
+                    if matches!(access, Access::Append | Access::Create) {
                         crate::store::set_file_mode(&f, p)?;
                     }
                     return Ok(Some(f));
@@ -101,7 +111,7 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
             {
                 let _ = std::fs::remove_file(root.join("version"));
             }
-            if access != Access::Append {
+            if !matches!(access, Access::Append | Access::Create) {
                 return Ok(None);
             }
         }
@@ -374,6 +384,37 @@ impl Index {
         v.sort();
         v.dedup();
         Ok(v)
+    }
+
+    /// The `unmet/<id>` counter: at most the number of `id`'s distinct
+    /// dependencies that are not completed. `Ok(None)` when there is none or
+    /// it does not parse (then the caller counts from the task files).
+    pub fn unmet(&self, id: &TaskId) -> Result<Option<u64>> {
+        Ok(read_lines(&self.root.join("unmet").join(id.as_str()))?
+            .first()
+            .and_then(|l| l.trim().parse().ok()))
+    }
+
+    /// Sets the `unmet/<id>` counter to `n`, in place: truncate, then write,
+    /// so a crash in between leaves nothing or a prefix of the digits, both
+    /// at most `n` (the counter may only err low; spec section 9, rule 1).
+    pub fn set_unmet(&self, id: &TaskId, n: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let p = self.root.join("unmet").join(id.as_str());
+        let f = match open_index_file(&p, Access::Create)? {
+            Some(f) => f,
+            None => {
+                // `unmet/` is missing (the first counter): make it, try again.
+                if let Some(parent) = p.parent() {
+                    crate::store::create_dir(parent)?;
+                }
+                open_index_file(&p, Access::Create)?
+                    .ok_or_else(|| Error::corrupt(&p, "cannot be created"))?
+            }
+        };
+        f.set_len(0).map_err(io("truncate", &p))?;
+        f.write_all_at(format!("{n}\n").as_bytes(), 0)
+            .map_err(io("write", &p))
     }
 
     fn lease_line(t: &Task) -> Option<String> {

@@ -954,6 +954,16 @@ impl Coordination {
         Ok((ready, leases))
     }
 
+    /// The `index/unmet/<id>` counter of task `id` (`spec` 9): at most the
+    /// number of its dependencies not yet completed, or `None` when absent.
+    /// For `doctor`'s check that it never exceeds the truth.
+    ///
+    /// # Errors
+    /// I/O errors reading the counter file.
+    pub fn unmet_entry(&self, id: &TaskId) -> Result<Option<u64>> {
+        self.index.unmet(id)
+    }
+
     /// The lease-index entries as (expiry in Unix milliseconds, task id),
     /// for `doctor`'s check that each matches its task file (`spec` 9, 17).
     ///
@@ -1254,6 +1264,25 @@ impl Txn<'_> {
         Ok(out)
     }
 
+    /// How many of `t`'s distinct dependencies are not completed (an
+    /// unreadable or missing one counts as not completed), `overlay` first.
+    fn unmet_count(&self, t: &Task, overlay: &HashMap<TaskId, Status>) -> u64 {
+        let distinct: std::collections::HashSet<&TaskId> = t.dependencies.iter().collect();
+        distinct
+            .into_iter()
+            .filter(|d| {
+                let st = match overlay.get(*d) {
+                    Some(s) => Some(*s),
+                    None => store::read_task(&self.c.layout.task(d), d)
+                        .ok()
+                        .flatten()
+                        .map(|dt| dt.status),
+                };
+                st != Some(Status::Completed)
+            })
+            .count() as u64
+    }
+
     fn readiness(&self, t: &Task, overlay: &HashMap<TaskId, Status>) -> Result<Readiness> {
         if t.status != Status::Pending {
             return Ok(Readiness::NotPending);
@@ -1482,10 +1511,28 @@ impl Txn<'_> {
         overlay.insert(id.clone(), Status::Completed);
         let mut promote = Vec::new();
         for d in self.c.index.dependents(id)? {
+            // A dependent of many tasks keeps a counter (`index/unmet`) so
+            // that all but the last completions skip reading its file and
+            // its dependencies' files: fan-in stays linear (spec 9, rule 1).
+            if let Some(n) = self.c.index.unmet(&d)? {
+                if n > 1 {
+                    self.c.index.set_unmet(&d, n - 1)?;
+                    continue;
+                }
+            }
             let dt = match store::read_task(&self.c.layout.task(&d), &d) {
                 Ok(Some(dt)) => dt,
                 _ => continue,
             };
+            if dt.dependencies.len() >= crate::index::UNMET_MIN_DEPS
+                && matches!(dt.status, Status::Pending | Status::Blocked)
+            {
+                let n = self.unmet_count(&dt, &overlay);
+                self.c.index.set_unmet(&d, n)?;
+                if n > 0 {
+                    continue;
+                }
+            }
             if matches!(
                 self.readiness(&dt, &overlay)?,
                 Readiness::Ready | Readiness::BackingOff(_)

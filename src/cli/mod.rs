@@ -112,7 +112,23 @@ pub enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help`, `--version` (stdout, exit 0) and usage errors (stderr,
+        // exit 2), as clap prints them; a closed stdout ends us quietly and
+        // a full one is an I/O error (exit 74), as for every other output.
+        Err(e) => {
+            let code = e.exit_code();
+            return match e.print() {
+                Err(io) if io.kind() == std::io::ErrorKind::BrokenPipe => exit::exit(0),
+                Err(io) => {
+                    output::eline(format!("orchestrate: error: writing to stdout: {io}"));
+                    exit::exit(74)
+                }
+                Ok(()) => exit::exit(u8::try_from(code).unwrap_or(2)),
+            };
+        }
+    };
     logging::init(&cli.global);
     let json = cli.global.json;
     match run(cli) {

@@ -588,6 +588,66 @@ fn complete_makes_dependents_claimable() {
     assert_eq!(env.claim("w", &[]).id, b);
 }
 
+/// A task with many dependencies (fan-in) keeps `index/unmet/<id>`, so
+/// completions of all but the last dependency skip reading its file
+/// (spec 9). The counter may only err low: deleted or lowered by hand, the
+/// task still becomes ready exactly when its last dependency completes; set
+/// above the truth, `doctor` reports it and `--fix` repairs it.
+#[test]
+fn fan_in_counter_promotes_exactly_at_the_last_dependency() {
+    let env = TestEnv::new();
+    let deps: Vec<String> = (0..20)
+        .map(|i| env.create(&format!("dep {i}"), &["--id", &format!("d{i:02}")]))
+        .collect();
+    // Most urgent, so an unnamed claim (which goes through the index) takes
+    // it the moment it is ready.
+    let mut args = vec!["--id", "z", "-p", "1"];
+    for d in &deps {
+        args.extend_from_slice(&["-d", d.as_str()]);
+    }
+    env.create("fan-in", &args);
+    let unmet = env.dir().join("index/unmet/z");
+    for (i, d) in deps.iter().enumerate() {
+        let c = env.claim("w", &[d]);
+        env.ok(&["complete", d, "--token", &c.token_arg()]);
+        match i {
+            0 => assert_eq!(std::fs::read_to_string(&unmet).unwrap().trim(), "19"),
+            5 => std::fs::remove_file(&unmet).unwrap(),
+            10 => std::fs::write(&unmet, "2\n").unwrap(),
+            _ => {}
+        }
+        let next = env.claim("x", &[]);
+        if i < 19 {
+            assert_ne!(next.id, "z", "ready after {} of 20 dependencies", i + 1);
+            env.ok(&["release", &next.id, "--token", &next.token_arg()]);
+        } else {
+            assert_eq!(next.id, "z", "ready once all 20 completed");
+        }
+    }
+}
+
+#[test]
+fn doctor_reports_a_fan_in_counter_above_the_truth() {
+    let env = TestEnv::new();
+    let mut args = vec!["--id".to_string(), "z".to_string()];
+    for i in 0..16 {
+        let d = env.create("dep", &["--id", &format!("d{i:02}")]);
+        args.extend(["-d".to_string(), d]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.create("fan-in", &args);
+    let c = env.claim("w", &["d00"]);
+    env.ok(&["complete", "d00", "--token", &c.token_arg()]);
+    let unmet = env.dir().join("index/unmet/z");
+    assert_eq!(std::fs::read_to_string(&unmet).unwrap().trim(), "15");
+    env.ok(&["doctor"]);
+    std::fs::write(&unmet, "16\n").unwrap();
+    let v = env.json(&["doctor", "--json"], 65);
+    assert!(v.to_string().contains("index/unmet/z"), "{v}");
+    env.ok(&["doctor", "--fix"]);
+    env.ok(&["doctor"]);
+}
+
 // ---------------------------------------------------------------- fail
 
 #[test]

@@ -696,3 +696,77 @@ fn cancel_stops_the_running_process_within_a_second() {
     assert_eq!(report["tasks"][0]["status"], "cancelled");
     assert_eq!(env.task_json("long")["status"], "cancelled");
 }
+
+/// Issue 10 item 3, the reclaim half: a worker that was stopped (SIGSTOP)
+/// past its lease, while another agent reclaimed the task, notices the new
+/// fencing token when it resumes and kills its attempt's process group
+/// within about a second; the new holder's claim is left untouched.
+#[test]
+fn a_reclaimed_task_stops_the_stale_holders_process() {
+    let env = TestEnv::new();
+    env.edit_config(|c| {
+        c["lease_ms"] = json!(1500);
+        c["backoff"] = json!({"base_ms": 50, "factor": 2.0, "max_ms": 100, "jitter": 0.0});
+    });
+    let out = env.root().join("ticks");
+    env.ok(&[
+        "create-task",
+        "a long loop",
+        "--id",
+        "long",
+        "--command",
+        &format!(
+            "for i in $(seq 80); do echo $i >> {}; sleep 0.1; done",
+            out.display()
+        ),
+    ]);
+    let mut work = env.std_cmd();
+    work.args([
+        "work",
+        "--adapter",
+        "shell",
+        "--until-empty",
+        "--agent",
+        "stale",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = work.spawn().unwrap();
+    let pid = child.id() as i32;
+    wait_for("the loop to start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|s| s.lines().count() >= 2)
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(2500));
+    // The expired lease is reaped (back to pending, backing off 50 ms),
+    // then claimed afresh.
+    let fresh = wait_for("the reclaim", Duration::from_secs(10), || {
+        let o = env.run(&["claim", "--agent", "fresh", "--json", "long"]);
+        o.status
+            .success()
+            .then(|| Claim::from_json(&serde_json::from_slice(&o.stdout).unwrap()))
+    });
+    assert_eq!(fresh.token, 2, "reclaimed with the next fencing token");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let resumed = Instant::now();
+    let out_work = wait_one(child, "work", Duration::from_secs(30));
+    let lines_then = std::fs::read_to_string(&out).unwrap().lines().count();
+    std::thread::sleep(Duration::from_millis(600));
+    let lines_later = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(lines_then, lines_later, "the stale attempt went on");
+    assert!(lines_later < 70, "the loop ran {lines_later} of 80 rounds");
+    assert!(
+        resumed.elapsed() < Duration::from_secs(4),
+        "work ended {:?} after it resumed",
+        resumed.elapsed()
+    );
+    assert!(out_work.status.code().is_some(), "{:?}", out_work.status);
+    let t = env.task_json("long");
+    assert_eq!(t["status"], "claimed");
+    assert_eq!(t["claimed_by"], "fresh");
+    assert_eq!(t["fencing_token"], 2);
+}

@@ -107,6 +107,8 @@ fn readers_with_a_closed_stdout_exit_0_without_a_panic() {
         vec!["status"],
         vec!["watch", "--json"],
         vec!["events", "--follow"],
+        vec!["--help"],
+        vec!["claim", "--help"],
     ] {
         let mut cmd = env.std_cmd();
         cmd.args(&args)
@@ -130,6 +132,8 @@ fn a_full_stdout_is_exit_74_and_a_full_or_closed_stderr_changes_nothing() {
         vec!["graph"],
         vec!["list"],
         vec!["show", "t1"],
+        vec!["--help"],
+        vec!["--version"],
     ] {
         let mut cmd = env.std_cmd();
         cmd.args(&args)

@@ -411,8 +411,7 @@ impl Coordination {
     ) -> Result<ClaimOutcome> {
         let start = std::time::Instant::now();
         // Watch before the first attempt so that no change is missed.
-        let watcher =
-            crate::watch::ChangeWatcher::new(&crate::watch::claim_dirs(self.layout.root()), poll)?;
+        let watcher = crate::watch::ChangeWatcher::for_claims(self.layout.root(), poll)?;
         let mut try_claim = true;
         let mut next: Option<Timestamp> = None;
         loop {
@@ -449,6 +448,7 @@ impl Coordination {
                 };
                 wait = wait.min(Duration::from_millis(ms));
             }
+            set_batch_policy(true);
             watcher.wait(wait);
             // No stampede (`spec` 6.5): a change wakes every waiter, but
             // only those that still see a ready entry after a jittered
@@ -462,6 +462,7 @@ impl Coordination {
                 watcher.drain();
                 self.index.has_ready_entry().unwrap_or(true)
             };
+            set_batch_policy(false);
         }
     }
 
@@ -2004,4 +2005,22 @@ pub fn init_dir(explicit: Option<&Path>) -> PathBuf {
         return PathBuf::from(p);
     }
     PathBuf::from(layout::DEFAULT_DIR)
+}
+
+/// Puts the calling thread in `SCHED_BATCH` (`batch`) or back in
+/// `SCHED_OTHER`, both normal, unprivileged policies (sched(7)). A waiter
+/// woken by a file change in `SCHED_BATCH` does not preempt the process
+/// that is still in the middle of the change (the writer that woke it), so
+/// many waiters slow a writer less; a waiter that goes on to claim is back
+/// in `SCHED_OTHER` before it takes the lock. Failures are ignored: this is
+/// only a scheduling hint.
+fn set_batch_policy(batch: bool) {
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` lives for the call.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
 }

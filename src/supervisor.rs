@@ -245,8 +245,8 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
     };
     let mut lock_timeouts = 0;
     let watcher = if o.watch_files {
-        Some(crate::watch::ChangeWatcher::new(
-            &crate::watch::claim_dirs(s.c.layout().root()),
+        Some(crate::watch::ChangeWatcher::for_claims(
+            s.c.layout().root(),
             None,
         )?)
     } else {

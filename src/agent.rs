@@ -418,16 +418,11 @@ fn log_paths(a: &Attempt<'_>, ext: &str) -> Result<(PathBuf, String)> {
 }
 
 fn create_log(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    // Readable too: the output is read back through this descriptor.
     let f = crate::store::open_regular(
         path,
-        // Readable too: the output is read back through this descriptor.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600),
+        libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+        0o600,
         "create log file",
     )?;
     crate::store::set_file_mode(&f, path)?;

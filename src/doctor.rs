@@ -106,7 +106,7 @@ fn quarantine(root: &Path, path: &Path, reason: &str) -> Result<PathBuf> {
         .unwrap_or_default();
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let target = q.join(format!("{name}.{stamp}"));
-    std::fs::rename(path, &target).map_err(|e| Error::io("move to quarantine", path, e))?;
+    crate::fsroot::rename(path, &target).map_err(|e| Error::io("move to quarantine", path, e))?;
     let note = format!(
         "moved here by `orchestrate doctor --fix` at {}\nfrom: {}\nreason: {reason}\n",
         clock::format(&chrono::Utc::now()),
@@ -214,10 +214,9 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     // 0. The lock file and its anchor are one inode (`spec` 4.1); the scan
     // holds the lock, so a difference means someone replaced one by hand.
     {
-        use std::os::unix::fs::MetadataExt;
         let lock = c.layout().lock();
         let anchor = crate::lock::anchor_path(&lock);
-        match (std::fs::symlink_metadata(&lock), std::fs::symlink_metadata(&anchor)) {
+        match (crate::fsroot::symlink_metadata(&lock), crate::fsroot::symlink_metadata(&anchor)) {
             (Ok(a), Ok(b)) if a.is_file() && b.is_file() && (a.dev(), a.ino()) != (b.dev(), b.ino()) => col.add(
                 "lock_identity",
                 Severity::Warning,
@@ -244,19 +243,19 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         c.layout().tasks_dir(),
         c.layout().agents_dir(),
     ] {
-        let rd = match std::fs::read_dir(&dir) {
+        let rd = match crate::fsroot::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("list", &dir, e)),
         };
         let is_tasks = dir == c.layout().tasks_dir();
         let is_agents = dir == c.layout().agents_dir();
-        for ent in rd.flatten() {
-            let path = ent.path();
-            let name = ent.file_name().to_string_lossy().into_owned();
+        for (name, _) in rd {
+            let path = dir.join(&name);
+            let name = name.to_string_lossy().into_owned();
             let r = rel(&root, &path);
-            let ft = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m.file_type(),
+            let ft = match crate::fsroot::symlink_metadata(&path) {
+                Ok(m) => m,
                 Err(_) => continue,
             };
             if name == TEMP_NAME {
@@ -575,8 +574,12 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
             let path = root.join(&f.file);
             let done = match f.kind.as_str() {
                 // Gone already counts: the next writer cleaned it.
-                "orphan_temp" => std::fs::remove_file(&path).is_ok() || !path.exists(),
-                "orphan_index_build" => std::fs::remove_dir_all(&path).is_ok() || !path.exists(),
+                "orphan_temp" => {
+                    crate::fsroot::remove_file(&path).is_ok() || !crate::fsroot::exists(&path)
+                }
+                "orphan_index_build" => {
+                    crate::fsroot::remove_dir_all(&path).is_ok() || !crate::fsroot::exists(&path)
+                }
                 "corrupt_file" | "symlink" | "stray_file" => {
                     quarantine(root, &path, &f.message).is_ok()
                 }

@@ -6,9 +6,7 @@ use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// One line of `events.jsonl`.
@@ -84,11 +82,8 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     // redirect a writer that holds the lock.
     let mut f = crate::store::open_regular(
         path,
-        OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600),
+        libc::O_RDWR | libc::O_APPEND | libc::O_CREAT,
+        0o600,
         "open",
     )?;
     crate::store::set_file_mode(&f, path)?;
@@ -169,7 +164,7 @@ impl LogReader {
 
     /// A reader that starts at the log's current end (follow mode).
     pub fn at_end(path: &Path) -> Self {
-        let len = std::fs::symlink_metadata(path)
+        let len = crate::fsroot::symlink_metadata(path)
             .map(|m| m.len())
             .unwrap_or(0);
         Self::new(path, len)
@@ -279,7 +274,7 @@ pub fn for_each(path: &Path, f: impl FnMut(Event)) -> Result<()> {
 /// # Errors
 /// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`].
 pub fn open_for_reading(path: &Path) -> Result<Option<std::fs::File>> {
-    match crate::store::open_regular(path, OpenOptions::new().read(true), "open") {
+    match crate::store::open_regular(path, libc::O_RDONLY, 0, "open") {
         Ok(f) => Ok(Some(f)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

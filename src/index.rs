@@ -33,9 +33,8 @@
 
 use crate::error::{Error, Result};
 use crate::task::{Task, TaskId};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Version written to `index/version`; any other content means "rebuild".
@@ -71,17 +70,13 @@ enum Access {
 /// derived, so nothing is lost. `Ok(None)` when there is no file.
 fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
     for attempt in 0..2 {
-        let mut o = OpenOptions::new();
-        match access {
-            Access::Read => o.read(true),
-            Access::Append => o.append(true).create(true).mode(0o600),
-            Access::Write => o.write(true),
-            Access::Create => o.write(true).create(true).mode(0o600),
+        let flags = match access {
+            Access::Read => libc::O_RDONLY,
+            Access::Append => libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            Access::Write => libc::O_WRONLY,
+            Access::Create => libc::O_WRONLY | libc::O_CREAT,
         };
-        let planted = match o
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(p)
-        {
+        let planted = match crate::fsroot::open(p, flags | libc::O_NONBLOCK, 0o600) {
             Ok(f) => {
                 if f.metadata().map_err(io("stat", p))?.is_file() {
                     if matches!(access, Access::Append | Access::Create) {
@@ -102,14 +97,14 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
         };
         if planted && attempt == 0 {
             tracing::warn!(path = %p.display(), "not a regular file in index/; removing it and rebuilding the index");
-            if std::fs::remove_file(p).is_err() {
-                let _ = std::fs::remove_dir_all(p);
+            if crate::fsroot::remove_file(p).is_err() {
+                let _ = crate::fsroot::remove_dir_all(p);
             }
             if let Some(root) = p
                 .ancestors()
                 .find(|a| a.file_name().is_some_and(|n| n == "index"))
             {
-                let _ = std::fs::remove_file(root.join("version"));
+                let _ = crate::fsroot::remove_file(&root.join("version"));
             }
             if !matches!(access, Access::Append | Access::Create) {
                 return Ok(None);
@@ -181,15 +176,28 @@ fn remove_line(p: &Path, line: &str) -> Result<()> {
 }
 
 fn list_names(dir: &Path) -> Result<Vec<String>> {
-    let rd = match std::fs::read_dir(dir) {
+    let rd = match crate::fsroot::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        // A symlink (or a file) planted where an index directory belongs:
+        // never followed. Removed (the link itself), the index marked stale
+        // so the next mutation rebuilds it; nothing is lost, it is derived.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+            tracing::warn!(path = %dir.display(), "not a directory in index/; removing it and rebuilding the index");
+            let _ = crate::fsroot::remove_file(dir);
+            if let Some(root) = dir
+                .ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "index"))
+            {
+                let _ = crate::fsroot::remove_file(&root.join("version"));
+            }
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(Error::io("list", dir, e)),
     };
     let mut v = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(io("list", dir))?;
-        if let Some(n) = ent.file_name().to_str() {
+    for (name, _) in rd {
+        if let Some(n) = name.to_str() {
             if !n.starts_with('.') {
                 v.push(n.to_string());
             }
@@ -327,11 +335,11 @@ impl Index {
 
     pub fn remove_bucket_if_empty(&self, bucket: &str) {
         let p = self.ready_dir().join(bucket);
-        if matches!(std::fs::symlink_metadata(&p), Ok(m) if m.is_file() && m.len() == 0) {
-            let _ = std::fs::remove_file(&p);
+        if matches!(crate::fsroot::symlink_metadata(&p), Ok(m) if m.is_file() && m.is_empty()) {
+            let _ = crate::fsroot::remove_file(&p);
             // The priority directory goes too once empty (fails otherwise).
             if let Some(parent) = p.parent() {
-                let _ = std::fs::remove_dir(parent);
+                let _ = crate::fsroot::remove_dir(parent);
             }
         }
     }
@@ -487,8 +495,8 @@ impl Index {
         let tmp = parent.join(".index-rebuild");
         let old = parent.join(".index-old");
         for p in [&tmp, &old] {
-            if p.exists() {
-                std::fs::remove_dir_all(p).map_err(io("remove", p))?;
+            if crate::fsroot::exists(p) {
+                crate::fsroot::remove_dir_all(p).map_err(io("remove", p))?;
             }
         }
         for sub in ["ready", "dependents"] {
@@ -561,12 +569,12 @@ impl Index {
             &tmp.join("version"),
             format!("{}\n", Self::version_line()).as_bytes(),
         )?;
-        if self.root.exists() {
-            std::fs::rename(&self.root, &old).map_err(io("rename", &self.root))?;
+        if crate::fsroot::exists(&self.root) {
+            crate::fsroot::rename(&self.root, &old).map_err(io("rename", &self.root))?;
         }
-        std::fs::rename(&tmp, &self.root).map_err(io("rename", &tmp))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io("remove", &old))?;
+        crate::fsroot::rename(&tmp, &self.root).map_err(io("rename", &tmp))?;
+        if crate::fsroot::exists(&old) {
+            crate::fsroot::remove_dir_all(&old).map_err(io("remove", &old))?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod faults;
+pub mod fsroot;
 pub mod graph;
 pub mod hook;
 mod index;

@@ -4,8 +4,7 @@
 //! no stale-lock cleanup. This is the only module that locks files.
 
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -41,11 +40,7 @@ pub fn anchor_path(lock: &Path) -> PathBuf {
 }
 
 fn open_existing(path: &Path) -> Result<Option<File>> {
-    match crate::store::open_regular(
-        path,
-        OpenOptions::new().read(true).write(true),
-        "open lock file",
-    ) {
+    match crate::store::open_regular(path, libc::O_RDWR, 0, "open lock file") {
         Ok(f) => Ok(Some(f)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -65,7 +60,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
             let _ = crate::store::set_file_mode(&f, path);
             return Ok(f);
         }
-        match std::fs::hard_link(&anchor, path) {
+        match crate::fsroot::hard_link(&anchor, path) {
             Ok(()) => {
                 if !made_anchor {
                     tracing::warn!(lock = %path.display(), "the lock file was missing; restored it from {}", anchor.display());
@@ -78,13 +73,11 @@ fn open_lock_file(path: &Path) -> Result<File> {
         }
         // Neither name exists: a new directory. The anchor is made first,
         // exclusively, so that two processes cannot make two inodes.
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&anchor)
-        {
+        match crate::fsroot::open(
+            &anchor,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        ) {
             Ok(f) => {
                 made_anchor = true;
                 let _ = crate::store::set_file_mode(&f, &anchor);
@@ -107,8 +100,7 @@ fn identity(file: &File) -> Option<(u64, u64)> {
 
 /// True when `path` (not followed: `lstat(2)`) is the file `id` names.
 fn names(path: &Path, id: (u64, u64)) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == id)
+    crate::fsroot::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == id)
 }
 
 /// Makes `lock.anchor` a second name of the locked `lock` file (identity
@@ -120,9 +112,10 @@ fn ensure_anchor(id: (u64, u64), path: &Path) {
         return;
     }
     let tmp = path.with_file_name(format!(".lock.anchor.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(path, &tmp).is_ok() && std::fs::rename(&tmp, &anchor).is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let _ = crate::fsroot::remove_file(&tmp);
+    if crate::fsroot::hard_link(path, &tmp).is_ok() && crate::fsroot::rename(&tmp, &anchor).is_err()
+    {
+        let _ = crate::fsroot::remove_file(&tmp);
     }
 }
 

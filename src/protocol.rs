@@ -32,6 +32,9 @@ pub struct Coordination {
     lock_timeout: Duration,
     correlation_id: Option<String>,
     index: Index,
+    /// The directory's handle: every path below it is resolved from it
+    /// (`spec` 4.7; [`crate::fsroot`]).
+    _root: Arc<crate::fsroot::Root>,
 }
 
 /// Who may use a coordination directory (`spec` 4.7).
@@ -220,12 +223,15 @@ impl Coordination {
         goal: Option<String>,
         sharing: Sharing,
     ) -> Result<(Self, bool)> {
-        let layout = Layout::new(dir.into());
+        let dir: PathBuf = dir.into();
+        let layout = Layout::new(std::path::absolute(&dir).unwrap_or(dir));
         // The directory itself may be a symlink (to shared storage); only
         // what is inside it must not be.
         if !layout.root().exists() {
             store::create_dir(layout.root())?;
         }
+        let _root = crate::fsroot::register(layout.root())
+            .map_err(|e| Error::io("open directory", layout.root(), e))?;
         match sharing {
             Sharing::Group => store::make_group_shared(layout.root())?,
             Sharing::Private => store::make_private(layout.root())?,
@@ -270,6 +276,13 @@ impl Coordination {
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let layout = Layout::new(dir);
         crate::trust::check(layout.root())?;
+        let _root = crate::fsroot::register(layout.root()).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotInitialized(layout.root().to_path_buf())
+            } else {
+                Error::io("open directory", layout.root(), e)
+            }
+        })?;
         let config = store::read_config(&layout.config())?
             .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
         refuse_symlinked_dirs(&layout)?;
@@ -283,6 +296,7 @@ impl Coordination {
                 .ok()
                 .filter(|s| !s.is_empty()),
             index,
+            _root,
         })
     }
 
@@ -727,10 +741,8 @@ impl Coordination {
     pub fn list(&self) -> Result<Listing> {
         let dir = self.layout.tasks_dir();
         let mut out = Listing::default();
-        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| Error::io("list", &dir, e))?;
-            let name = ent.file_name();
+        let rd = crate::fsroot::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        for (name, _) in rd {
             let Some(name) = name.to_str() else { continue };
             if layout::is_hidden(name) {
                 continue;
@@ -738,7 +750,7 @@ impl Coordination {
             let Some(stem) = name.strip_suffix(".json") else {
                 continue;
             };
-            let path = ent.path();
+            let path = dir.join(name);
             let id = match TaskId::new(stem) {
                 Ok(id) => id,
                 Err(_) => {
@@ -1040,7 +1052,7 @@ impl Txn<'_> {
         // We hold the lock, so a temp file left in tasks/ is a crash
         // leftover: clean it (spec 4.2).
         let tmp = self.c.layout.tasks_dir().join(layout::TEMP_NAME);
-        match std::fs::remove_file(&tmp) {
+        match crate::fsroot::remove_file(&tmp) {
             Ok(()) => tracing::debug!("removed a temp file left by a crash"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove stale temp file", &tmp, e)),
@@ -1091,8 +1103,8 @@ impl Txn<'_> {
                 // Not an intent we wrote (a symlink, a FIFO, a huge file):
                 // it names no task we can trust, so it goes.
                 tracing::warn!(path = %p.display(), %reason, "removing a batch intent that is not ours");
-                if std::fs::remove_file(&p).is_err() {
-                    let _ = std::fs::remove_dir_all(&p);
+                if crate::fsroot::remove_file(&p).is_err() {
+                    let _ = crate::fsroot::remove_dir_all(&p);
                 }
                 return Ok(());
             }
@@ -1110,14 +1122,14 @@ impl Txn<'_> {
         for id in &ids {
             if let Ok(id) = TaskId::new(id.as_str()) {
                 let tp = self.c.layout.task(&id);
-                match std::fs::remove_file(&tp) {
+                match crate::fsroot::remove_file(&tp) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("remove", &tp, e)),
                 }
             }
         }
-        std::fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        crate::fsroot::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
         store::sync_dir(&self.c.layout.tasks_dir())?;
         // The index may hold entries of the rolled-back tasks: superset is
         // fine, but a rebuild also resets next_seq cleanly.
@@ -1849,9 +1861,9 @@ impl Txn<'_> {
                 if let Err(e) = self.save_with(t, false) {
                     // Undo what was written; nothing of the batch must stay.
                     for t in &tasks[..i] {
-                        let _ = std::fs::remove_file(c.layout.task(&t.id));
+                        let _ = crate::fsroot::remove_file(&c.layout.task(&t.id));
                     }
-                    let _ = std::fs::remove_file(c.layout.batch_intent());
+                    let _ = crate::fsroot::remove_file(&c.layout.batch_intent());
                     return Err(e);
                 }
             }
@@ -1860,7 +1872,7 @@ impl Txn<'_> {
                 store::sync_dir(&c.layout.tasks_dir())?;
             }
             let p = c.layout.batch_intent();
-            std::fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+            crate::fsroot::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
         }
         for t in &tasks {
             let e = self.event("task_created", t, None);
@@ -1962,7 +1974,7 @@ fn refuse_symlinked_dirs(layout: &Layout) -> Result<()> {
         layout.logs_dir(),
         layout.agents_dir(),
     ] {
-        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
+        if crate::fsroot::symlink_metadata(&d).is_ok_and(|m| m.is_symlink()) {
             return Err(Error::corrupt(
                 &d,
                 "is a symlink; symlinks inside .coordination/ are refused, not followed",

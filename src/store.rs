@@ -9,9 +9,8 @@ use crate::layout::TEMP_NAME;
 use crate::task::{Task, TaskId, TASK_SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Permission bits for a file created in `dir` (`spec` section 4.7):
@@ -23,7 +22,8 @@ use std::path::Path;
 /// gives `0600`, so results and logs are readable by the owner only.
 pub fn file_mode_for(dir: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir)
+    let mode = crate::fsroot::open_dir(dir)
+        .and_then(|d| d.metadata())
         .map(|m| m.permissions().mode())
         .unwrap_or(0o755);
     if mode & 0o077 == 0 {
@@ -73,39 +73,32 @@ pub fn set_file_mode(f: &File, path: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`].
 pub fn write_plain(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    let mut f = crate::fsroot::open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o600)
         .map_err(|e| Error::io("write", path, e))?;
     set_file_mode(&f, path)?;
     f.write_all(bytes).map_err(|e| Error::io("write", path, e))
 }
 
-/// Opens `path` with `opts` plus `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK`, and
-/// refuses anything but a regular file: a symlink or a FIFO planted inside
-/// `.coordination/` is bad data, never followed and never waited on.
+/// Opens `path` with the `open(2)` `flags` (and `mode` for a created file)
+/// plus `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK`, through the directory handle
+/// ([`crate::fsroot`]), and refuses anything but a regular file: a symlink
+/// (at the end or in any directory below `.coordination/`) or a FIFO planted
+/// there is bad data, never followed and never waited on.
 ///
 /// # Errors
 /// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`]
 /// (with `op`) otherwise, including not found.
-pub fn open_regular(path: &Path, opts: &mut OpenOptions, op: &'static str) -> Result<File> {
-    let f = opts
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::corrupt(
-                    path,
-                    "is a symlink; symlinks inside .coordination/ are refused, not followed",
-                )
-            } else {
-                Error::io(op, path, e)
-            }
-        })?;
+pub fn open_regular(path: &Path, flags: i32, mode: u32, op: &'static str) -> Result<File> {
+    let f = crate::fsroot::open(path, flags | libc::O_NONBLOCK, mode).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::corrupt(
+                path,
+                "is a symlink; symlinks inside .coordination/ are refused, not followed",
+            )
+        } else {
+            Error::io(op, path, e)
+        }
+    })?;
     if !f
         .metadata()
         .map_err(|e| Error::io("stat", path, e))?
@@ -124,10 +117,7 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 fn open_nofollow(path: &Path) -> std::io::Result<File> {
     // O_NONBLOCK: a FIFO planted here must not hang the reader (it is then
     // refused as not a regular file).
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
+    crate::fsroot::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
 }
 
 /// Reads a whole file, refusing symlinks and files over [`MAX_FILE_BYTES`].
@@ -273,7 +263,7 @@ pub fn to_pretty(value: &impl Serialize) -> Result<Vec<u8>> {
 /// [`Error::Io`].
 pub fn sync_fs(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    let d = crate::fsroot::open_dir(dir).map_err(|e| Error::io("open directory", dir, e))?;
     // SAFETY: syncfs takes a valid open descriptor, which `d` is for the
     // duration of the call.
     if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
@@ -287,7 +277,7 @@ pub fn sync_fs(dir: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`].
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    let d = crate::fsroot::open_dir(dir).map_err(|e| Error::io("open directory", dir, e))?;
     d.sync_all()
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
@@ -339,24 +329,19 @@ const WRITE_TRIES: usize = 5;
 fn write_once(path: &Path, tmp: &Path, bytes: &[u8], durable: bool) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     crate::faults::point("before_temp_write");
-    match std::fs::remove_file(tmp) {
+    match crate::fsroot::remove_file(tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("remove stale temp file", tmp, e)),
     }
     let result = (|| {
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(tmp)
-        {
-            Ok(f) => f,
-            // Planted between our remove and our create.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(Error::io("create temp file", tmp, e)),
-        };
+        let mut f =
+            match crate::fsroot::open(tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600) {
+                Ok(f) => f,
+                // Planted between our remove and our create.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(Error::io("create temp file", tmp, e)),
+            };
         set_file_mode(&f, path)?;
         f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
         crate::faults::point("after_temp_write");
@@ -365,13 +350,14 @@ fn write_once(path: &Path, tmp: &Path, bytes: &[u8], durable: bool) -> Result<bo
         }
         crate::faults::point("after_fsync");
         let ours = f.metadata().map_err(|e| Error::io("stat", tmp, e))?;
-        std::fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        crate::fsroot::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
         crate::faults::point("after_rename");
-        let placed = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        let placed =
+            crate::fsroot::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
         Ok(placed.dev() == ours.dev() && placed.ino() == ours.ino())
     })();
     if !matches!(result, Ok(true)) {
-        let _ = std::fs::remove_file(tmp);
+        let _ = crate::fsroot::remove_file(tmp);
     }
     result
 }
@@ -382,14 +368,18 @@ fn write_once(path: &Path, tmp: &Path, bytes: &[u8], durable: bool) -> Result<bo
 /// # Errors
 /// [`Error::Corrupt`] if `dir` is a symlink or not a directory; [`Error::Io`].
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => Err(Error::corrupt(
+    match crate::fsroot::symlink_metadata(dir) {
+        Ok(m) if m.is_symlink() => Err(Error::corrupt(
             dir,
             "is a symlink; symlinks inside .coordination/ are refused",
         )),
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Error::corrupt(dir, "is not a directory")),
         Err(e) if e.kind() == ErrorKind::NotFound => create_dir(dir),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(Error::corrupt(
+            dir,
+            "has a symlink in its path; symlinks inside .coordination/ are refused",
+        )),
         Err(e) => Err(Error::io("stat", dir, e)),
     }
 }
@@ -401,17 +391,11 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`].
 pub fn create_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = dir
         .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        .filter(|p| !p.as_os_str().is_empty() && !crate::fsroot::exists(p))
     {
         create_dir(parent)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(Error::io("create directory", dir, e)),
     }
     let parent = dir.parent().unwrap_or(Path::new("."));
     let mode = match file_mode_for(parent) {
@@ -419,8 +403,11 @@ pub fn create_dir(dir: &Path) -> Result<()> {
         0o600 => 0o700,
         _ => 0o755,
     };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("chmod", dir, e))
+    match crate::fsroot::create_dir(dir, mode) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("create directory", dir, e)),
+    }
 }
 
 /// Makes `dir` shared by its group: `2775` (setgid, so files inherit the

@@ -422,6 +422,27 @@ fn symlinks_inside_the_index_are_not_followed() {
             symlink(&t, &p).unwrap();
             (p, &["create-task", "x", "--id", "x", "-d", "ok"])
         }),
+        // Issue 11 (2): a symlinked directory inside the index, pointing at
+        // a project whose files look like index entries.
+        ("index/ready/01 (a directory)", |env, out| {
+            let victim = out.join("victim-dir");
+            std::fs::write(victim.join("EMPTY_BUT_IMPORTANT"), b"").unwrap();
+            std::fs::write(
+                victim.join("000000000000"),
+                b"000000000001-ok\nrequests-2\n",
+            )
+            .unwrap();
+            let p = env.dir().join("index/ready/01");
+            let _ = std::fs::remove_dir_all(&p);
+            symlink(&victim, &p).unwrap();
+            (p, &["claim", "--agent", "a"])
+        }),
+        ("index/dependents (a directory)", |env, out| {
+            let p = env.dir().join("index/dependents");
+            let _ = std::fs::remove_dir_all(&p);
+            symlink(out.join("victim-dir"), &p).unwrap();
+            (p, &["create-task", "x", "--id", "x", "-d", "ok"])
+        }),
         (".index-rebuild", |env, out| {
             let p = env.dir().join(".index-rebuild");
             symlink(out.join("victim-dir"), &p).unwrap();

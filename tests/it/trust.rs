@@ -307,3 +307,124 @@ fn a_queue_writable_by_a_foreign_group_is_refused() {
         assert!(!marker.exists());
     }
 }
+
+/// Issue 11 (1): a directory swapped for a symlink in the middle of a
+/// command. A task named `settings` sits in `tasks/`; the attacker swaps
+/// `tasks/` for a symlink to the victim's own folder (holding a
+/// `settings.json`) and back, in a loop, while the victim (uid 65534)
+/// heartbeats the task 200 times. Every path below `.coordination/` is
+/// resolved from the directory's handle without following symlinks, so
+/// the victim's folder is never written: 0 wins.
+#[test]
+fn a_directory_swapped_for_a_symlink_is_never_written_through() {
+    if !is_root() {
+        eprintln!("SKIPPED a_directory_swapped_for_a_symlink_is_never_written_through: needs root to switch users");
+        return;
+    }
+    let env = TestEnv::new();
+    env.ok(&["create-task", "t", "--id", "settings"]);
+    let home = env.root().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let settings = home.join("settings.json");
+    std::fs::write(&settings, b"{\"the victim's\": \"settings\"}\n").unwrap();
+    for p in [env.root().to_path_buf(), home.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let chown_r = |p: &std::path::Path| {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    chown_r(env.dir());
+    chown_r(&home);
+    let claim = {
+        let out = as_user(65534, env.root(), &["claim", "--agent", "victim", "--json"])
+            .arg("--dir")
+            .arg(env.dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crate::support::Claim::from_json(&serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let d = env.dir().display().to_string();
+    // The attacker (as in the issue) times the swap with inotify: right
+    // after the victim has read `tasks/settings.json`, `tasks/` and a
+    // symlink to the victim's folder are exchanged (renameat2
+    // RENAME_EXCHANGE), and exchanged back 2 ms later.
+    let attack = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir(sys.argv[1])
+os.symlink(sys.argv[2], "tasks.evil")
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, b"tasks", 0x10)  # IN_CLOSE_NOWRITE
+AT = -100
+while True:
+    if b"settings.json" in os.read(fd, 4096):
+        libc.renameat2(AT, b"tasks", AT, b"tasks.evil", 2)  # RENAME_EXCHANGE
+        time.sleep(0.002)
+        libc.renameat2(AT, b"tasks", AT, b"tasks.evil", 2)
+"#;
+    let mut attacker = Command::new("python3");
+    attacker
+        .args(["-c", attack, &d])
+        .arg(&home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    struct Killer(std::process::Child, String);
+    impl Drop for Killer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            // Put tasks/ back whatever state the loop was killed in.
+            let _ = Command::new("sh")
+                .args(["-c", &format!("cd {} && if [ -L tasks ]; then rm tasks && mv -T tasks.evil tasks; else rm -f tasks.evil; fi", self.1)])
+                .status();
+        }
+    }
+    let attacker = Killer(attacker.spawn().unwrap(), d);
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let out = as_user(
+            65534,
+            env.root(),
+            &["heartbeat", "settings", "--token", &claim.token_arg()],
+        )
+        .arg("--dir")
+        .arg(env.dir())
+        .output()
+        .unwrap();
+        if out.status.success() {
+            ok += 1;
+        } else {
+            if refused == 0 {
+                eprintln!("first refusal: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            refused += 1;
+        }
+    }
+    drop(attacker);
+    let names: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["settings.json".to_string()],
+        "the victim's folder was written"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&settings).unwrap(),
+        "{\"the victim's\": \"settings\"}\n",
+        "the victim's settings were overwritten"
+    );
+    assert!(ok > 0, "every heartbeat was refused");
+    eprintln!("{ok} heartbeats landed, {refused} refused, 0 attacker wins");
+}

@@ -95,6 +95,37 @@ fn rel(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
 
+/// Symlinks and special files under `index/` (three levels deep: `index/`,
+/// `ready/`, `ready/<pp>/`, `dependents/`, `unmet/`), listed through the
+/// directory handle without following anything.
+fn index_plants(index: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = crate::fsroot::read_dir(dir) else {
+            return;
+        };
+        for (name, kind) in entries {
+            let p = dir.join(&name);
+            let kind = match kind {
+                crate::fsroot::EntryKind::Unknown => match crate::fsroot::symlink_metadata(&p) {
+                    Ok(m) if m.is_symlink() => crate::fsroot::EntryKind::Symlink,
+                    Ok(m) if m.is_dir() => crate::fsroot::EntryKind::Dir,
+                    Ok(m) if m.is_file() => crate::fsroot::EntryKind::File,
+                    _ => crate::fsroot::EntryKind::Other,
+                },
+                k => k,
+            };
+            match kind {
+                crate::fsroot::EntryKind::Dir if depth > 0 => walk(&p, depth - 1, out),
+                crate::fsroot::EntryKind::File | crate::fsroot::EntryKind::Dir => {}
+                _ => out.push(p),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(index, 2, &mut out);
+    out
+}
+
 /// Moves `path` into `quarantine/` with a `.note` beside it; returns the
 /// new path.
 fn quarantine(root: &Path, path: &Path, reason: &str) -> Result<PathBuf> {
@@ -448,8 +479,22 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         );
     }
 
-    // 3. The derived index.
-    if !c.index_is_current() {
+    // 3. The derived index. A symlink or special file planted in it is
+    // reported first, and its contents are then not read: reading would
+    // remove the plant (the index repairs itself on use), and doctor
+    // without --fix changes nothing.
+    let planted = index_plants(&c.layout().index_dir());
+    for p in &planted {
+        col.add(
+            "index_stale",
+            Severity::Error,
+            &rel(&root, p),
+            "a symlink or special file inside index/ (never followed)".into(),
+            "rebuild the index (the plant is removed)",
+            true,
+        );
+    }
+    if planted.is_empty() && !c.index_is_current() {
         col.add(
             "index_missing",
             Severity::Warning,
@@ -458,7 +503,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             "rebuild it (any mutation does this too)",
             true,
         );
-    } else {
+    } else if planted.is_empty() {
         let (ready, leases) = c.index_contents()?;
         let mut expiries: HashMap<TaskId, Vec<i64>> = HashMap::new();
         for (ms, id) in c.lease_entries()? {

@@ -63,10 +63,15 @@ pub fn register(path: &Path) -> io::Result<Arc<Root>> {
     Ok(root)
 }
 
-/// The registered directory that holds `path` (strictly below it: the
-/// directory itself is looked up by its path, which may be a symlink), and
+/// The registered directory that holds `path` (strictly below it), and
 /// `path` relative to it.
 fn find(path: &Path) -> Option<(Arc<Root>, PathBuf)> {
+    find_or_self(path).filter(|(_, rel)| !rel.as_os_str().is_empty())
+}
+
+/// As [`find`], also matching a registered directory itself (relative path
+/// empty): it is then opened through its handle, whatever symlink led to it.
+fn find_or_self(path: &Path) -> Option<(Arc<Root>, PathBuf)> {
     let roots = ROOTS.lock().unwrap_or_else(|p| p.into_inner());
     roots
         .iter()
@@ -74,7 +79,7 @@ fn find(path: &Path) -> Option<(Arc<Root>, PathBuf)> {
         .filter_map(Weak::upgrade)
         .filter_map(|r| {
             let rel = path.strip_prefix(&r.path).ok()?.to_path_buf();
-            (!rel.as_os_str().is_empty()).then_some((r, rel))
+            Some((r, rel))
         })
         .max_by_key(|(r, _)| r.path.as_os_str().len())
 }
@@ -162,8 +167,15 @@ fn parent_of(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<(OwnedFd, PathBuf)> 
 pub fn open(path: &Path, flags: i32, mode: u32) -> io::Result<File> {
     let flags = OFlags::from_bits_retain(flags as u32);
     let mode = Mode::from_bits_truncate(mode);
-    let fd = match find(path) {
+    let fd = match find_or_self(path) {
         Some((root, rel)) => open_beneath(root.fd.as_fd(), &rel, flags, mode)?,
+        // Outside every registered directory: a file is not followed if it
+        // is a symlink; a directory is (the user's own path, e.g. a
+        // `.coordination` that is a symlink to shared storage, before it is
+        // registered).
+        None if flags.contains(OFlags::DIRECTORY) => {
+            rustix::fs::open(path, flags | OFlags::CLOEXEC, mode)?
+        }
         None => rustix::fs::open(path, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode)?,
     };
     Ok(File::from(fd))

@@ -97,6 +97,7 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
         };
         if planted && attempt == 0 {
             tracing::warn!(path = %p.display(), "not a regular file in index/; removing it and rebuilding the index");
+            remove_planted_dirs(p);
             if crate::fsroot::remove_file(p).is_err() {
                 let _ = crate::fsroot::remove_dir_all(p);
             }
@@ -112,6 +113,24 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
         }
     }
     Err(Error::corrupt(p, "cannot be replaced by a regular file"))
+}
+
+/// Unlinks every symlink planted in place of a directory between `index/`
+/// and `p` (top first; the link itself, never its target), so that the
+/// retried open can make the real directory.
+fn remove_planted_dirs(p: &Path) {
+    let mut dirs: Vec<&Path> = p
+        .ancestors()
+        .skip(1)
+        .take_while(|a| a.file_name().is_some_and(|n| n != "index"))
+        .collect();
+    dirs.reverse();
+    for d in dirs {
+        if crate::fsroot::symlink_metadata(d).is_ok_and(|m| m.is_symlink() || !m.is_dir()) {
+            tracing::warn!(path = %d.display(), "not a directory in index/; removing it");
+            let _ = crate::fsroot::remove_file(d);
+        }
+    }
 }
 
 fn append_line(p: &Path, line: &str) -> Result<()> {

@@ -350,6 +350,7 @@ impl Coordination {
             tasks_dir_dirty: false,
             reaped: Vec::new(),
             unreadable: Vec::new(),
+            healed: false,
             _guard: guard,
         };
         let r = tx.prepare().and_then(|()| f(&mut tx));
@@ -404,7 +405,15 @@ impl Coordination {
             ));
         }
         let named = req.task_id.as_deref().map(TaskId::new).transpose()?;
-        self.mutate(|tx| tx.claim(req, named.as_ref()))
+        let out = self.mutate(|tx| tx.claim(req, named.as_ref()))?;
+        // Something planted in the index was found and removed during the
+        // claim (which marks the index stale): what it said is not to be
+        // believed, so claim again; this mutation's start rebuilds the
+        // index first (`spec` 9, rule 4).
+        if matches!(out, ClaimOutcome::NothingReady(_)) && !self.index.is_current() {
+            return self.mutate(|tx| tx.claim(req, named.as_ref()));
+        }
+        Ok(out)
     }
 
     /// Like [`Coordination::claim`], but when nothing is ready, sleeps until
@@ -474,7 +483,9 @@ impl Coordination {
                 let jitter: u64 = rand::random_range(0..=WAKE_JITTER_MS);
                 std::thread::sleep(Duration::from_millis(jitter));
                 watcher.drain();
-                self.index.has_ready_entry().unwrap_or(true)
+                // A stale index (a foreign writer removed `index/version`,
+                // `spec` 9 rule 6) cannot be peeked at: the claim rebuilds it.
+                self.index.has_ready_entry().unwrap_or(true) || !self.index.is_current()
             };
             set_batch_policy(false);
         }
@@ -1001,6 +1012,8 @@ struct Txn<'a> {
     reaped: Vec<Reaped>,
     /// Tasks whose lease expired but whose file cannot be read.
     unreadable: Vec<Error>,
+    /// A missed ready line was restored in this transaction (at most once).
+    healed: bool,
     _guard: LockGuard,
 }
 
@@ -1481,6 +1494,18 @@ impl Txn<'_> {
                 NotReadyReason::NoMatch,
                 "no ready task carries the requested tags".to_string(),
             )
+        } else if let Some(t) = (!self.healed)
+            .then(|| self.first_waiting_but_ready())
+            .transpose()?
+            .flatten()
+        {
+            self.healed = true;
+            // The index lost its ready line (a hand-edited or damaged
+            // `dependents/` or `unmet/`): promote it from the task files and
+            // claim again (`spec` 9, rule 2).
+            tracing::warn!(task_id = %t.id, "a waiting task is ready but was missing from the ready index; promoting it");
+            self.c.index.add_ready(&t)?;
+            return self.claim(req, named);
         } else if self.c.index.any_waiting(&|id| {
             matches!(store::read_task(&self.c.layout.task(id), id), Ok(Some(t)) if t.status == Status::Pending)
         })? {
@@ -1501,6 +1526,26 @@ impl Txn<'_> {
             next_ready_at,
             message,
         }))
+    }
+
+    /// The first task of `index/waiting` that is pending, when the task
+    /// files say it is in fact ready (all dependencies completed, not
+    /// backing off): a ready line the index should have had. Only the first
+    /// pending one is judged, so an empty claim stays cheap.
+    fn first_waiting_but_ready(&self) -> Result<Option<Task>> {
+        let found = std::cell::RefCell::new(None);
+        self.c
+            .index
+            .any_waiting(&|id| match store::read_task(&self.c.layout.task(id), id) {
+                Ok(Some(t)) if t.status == Status::Pending => {
+                    if matches!(self.readiness(&t, &HashMap::new()), Ok(Readiness::Ready)) {
+                        *found.borrow_mut() = Some(t);
+                    }
+                    true
+                }
+                _ => false,
+            })?;
+        Ok(found.into_inner())
     }
 
     fn entry_matches(&self, e: &ReadyEntry, t: &Task) -> bool {

@@ -51,7 +51,9 @@ fn listed(dir: &Path) -> bool {
 
 /// Why `dir` must not be used, or `None` when it is trusted.
 pub fn problem(dir: &Path) -> Option<String> {
-    let m = std::fs::symlink_metadata(dir).ok()?;
+    // The directory itself may be a symlink (to shared storage, `spec` 2):
+    // what is judged is the directory it leads to.
+    let m = std::fs::metadata(dir).ok()?;
     if listed(dir) {
         return None;
     }

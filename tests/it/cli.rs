@@ -626,6 +626,38 @@ fn fan_in_counter_promotes_exactly_at_the_last_dependency() {
     }
 }
 
+/// From the break-it trial: with the index's `dependents/` lines of the
+/// last dependency deleted by hand (or the counter set too high), the
+/// dependent is still found ready by the first claim that comes up empty,
+/// which judges the first waiting task from the task files.
+#[test]
+fn a_ready_task_lost_from_the_index_is_promoted_by_an_empty_claim() {
+    for damage in ["dependents", "unmet"] {
+        let env = TestEnv::new();
+        let mut args = vec!["--id".to_string(), "z".to_string()];
+        for i in 0..16 {
+            let d = env.create("dep", &["--id", &format!("d{i:02}")]);
+            args.extend(["-d".to_string(), d]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.create("fan-in", &args);
+        for i in 0..16 {
+            let d = format!("d{i:02}");
+            if i == 15 {
+                match damage {
+                    "dependents" => {
+                        std::fs::remove_file(env.dir().join("index/dependents").join(&d)).unwrap()
+                    }
+                    _ => std::fs::write(env.dir().join("index/unmet/z"), "99\n").unwrap(),
+                }
+            }
+            let c = env.claim("w", &[&d]);
+            env.ok(&["complete", &d, "--token", &c.token_arg()]);
+        }
+        assert_eq!(env.claim("w", &[]).id, "z", "{damage}");
+    }
+}
+
 #[test]
 fn doctor_reports_a_fan_in_counter_above_the_truth() {
     let env = TestEnv::new();

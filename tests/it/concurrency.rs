@@ -770,3 +770,44 @@ fn a_reclaimed_task_stops_the_stale_holders_process() {
     assert_eq!(t["claimed_by"], "fresh");
     assert_eq!(t["fencing_token"], 2);
 }
+
+/// From the break-it trial: a foreign writer that does not keep the index
+/// removes `index/version` (spec 9, rule 6) and renames a task file into
+/// `tasks/`; a `claim --wait` waiter wakes and claims it (the stale index
+/// sends it to the lock, whose mutation rebuilds the index).
+#[test]
+fn a_waiter_claims_a_task_written_by_a_foreign_writer() {
+    let env = TestEnv::new();
+    env.create("template", &["--id", "template"]);
+    let template = std::fs::read_to_string(env.task_path("template")).unwrap();
+    env.ok(&["cancel", "template"]);
+    let waiter = env
+        .std_cmd()
+        .args(["claim", "--agent", "w", "--wait", "20s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let foreign = template
+        .replace("\"template\"", "\"foreign\"")
+        .replace("\"cancelled\"", "\"pending\"");
+    std::fs::remove_file(env.dir().join("index/version")).unwrap();
+    let tmp = env.tasks_dir().join(".foreign-tmp");
+    std::fs::write(&tmp, foreign).unwrap();
+    let written = Instant::now();
+    std::fs::rename(&tmp, env.task_path("foreign")).unwrap();
+    let out = wait_one(waiter, "waiter", Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["task"]["id"], "foreign");
+    assert!(
+        written.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        written.elapsed()
+    );
+}

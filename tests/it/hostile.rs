@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// `outside/` next to `.coordination/`: files and a directory that planted
@@ -1162,4 +1162,91 @@ fn fifos_devices_and_endless_inputs_are_refused_at_once() {
             "the device was replaced"
         );
     }
+}
+
+/// The coordination directory itself may be a symlink to a real directory
+/// (shared storage; spec 2): every command works through it, found by the
+/// upward search or named by `--dir` (with or without a trailing slash),
+/// while symlinks *inside* it stay refused.
+#[test]
+fn a_symlinked_coordination_directory_works() {
+    let env = TestEnv::uninit();
+    let real = env.root().join("storage/coord");
+    std::fs::create_dir_all(&real).unwrap();
+    symlink("storage/coord", env.dir()).unwrap();
+    let run = |args: &[&str], dir: Option<&str>| {
+        let mut c = Command::new(crate::support::bin());
+        c.current_dir(env.root())
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_SAFE_DIRS")
+            .env_remove("ORCHESTRATE_AGENT_ID");
+        if let Some(d) = dir {
+            c.arg("--dir").arg(d);
+        }
+        let out = c.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} (--dir {dir:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["init", "goal"], None);
+    assert!(real.join("config.json").is_file() && real.join("events.jsonl").is_file());
+    for dir in [None, Some(".coordination"), Some(".coordination/")] {
+        let id = run(&["create-task", "through the link"], dir);
+        let id = id.trim();
+        let claim: serde_json::Value =
+            serde_json::from_str(&run(&["claim", "--agent", "a", "--json", id], dir)).unwrap();
+        let token = claim["task"]["fencing_token"].to_string();
+        run(&["complete", id, "--token", &token], dir);
+        run(&["list"], dir);
+        run(&["doctor"], dir);
+        run(&["reindex"], dir);
+    }
+    assert!(std::fs::symlink_metadata(env.dir())
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// From the break-it trial: a symlinked `index/ready/05` (into `tasks/`)
+/// does not make the first claim say "nothing ready" nor the first create
+/// fail; `doctor` without `--fix` reports it and changes nothing; `--fix`
+/// repairs it.
+#[test]
+fn a_symlinked_ready_directory_is_repaired_on_first_use() {
+    let plant = |env: &TestEnv| {
+        let p = env.dir().join("index/ready/05");
+        let _ = std::fs::remove_dir_all(&p);
+        symlink("../../tasks", &p).unwrap();
+        p
+    };
+    // The first claim finds the task.
+    let env = TestEnv::new();
+    let id = env.create("one", &[]);
+    plant(&env);
+    assert_eq!(env.claim("a", &[]).id, id);
+    // The first create succeeds.
+    let env = TestEnv::new();
+    env.create("one", &[]);
+    plant(&env);
+    env.create("two", &[]);
+    assert!(std::fs::symlink_metadata(env.dir().join("index/ready/05"))
+        .unwrap()
+        .is_dir());
+    // doctor reports and changes nothing; --fix repairs.
+    let env = TestEnv::new();
+    env.create("one", &[]);
+    let p = plant(&env);
+    let snap = env.snapshot();
+    let v = env.json(&["doctor", "--json"], 65);
+    assert!(v.to_string().contains("index/ready/05"), "{v}");
+    assert_eq!(env.snapshot(), snap, "doctor without --fix changed files");
+    assert!(std::fs::symlink_metadata(&p)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    env.ok(&["doctor", "--fix"]);
+    env.ok(&["doctor"]);
 }

@@ -13,7 +13,6 @@
 
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::layout::TEMP_NAME;
 use crate::protocol::Coordination;
 use crate::store;
 use crate::task::{Status, Task, TaskId};
@@ -268,6 +267,21 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         }
     }
 
+    // 0. Temp files of interrupted writes (`spec` 4.2): in `.tmp/`.
+    let tmp_dir = root.join(store::TEMP_DIR);
+    if let Ok(entries) = crate::fsroot::read_dir(&tmp_dir) {
+        for (name, _) in entries {
+            col.add(
+                "orphan_temp",
+                Severity::Warning,
+                &rel(&root, &tmp_dir.join(&name)),
+                "temp file left by an interrupted write".into(),
+                "remove it (the write it belonged to did not happen)",
+                true,
+            );
+        }
+    }
+
     // 1. Files in tasks/, the root and agents/.
     for dir in [
         root.clone(),
@@ -289,7 +303,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                 Ok(m) => m,
                 Err(_) => continue,
             };
-            if name == TEMP_NAME {
+            if store::is_temp_name(&name) {
                 col.add(
                     "orphan_temp",
                     Severity::Warning,

@@ -84,6 +84,11 @@ fn find_or_self(path: &Path) -> Option<(Arc<Root>, PathBuf)> {
         .max_by_key(|(r, _)| r.path.as_os_str().len())
 }
 
+/// The registered directory that holds `path` (strictly below it), if any.
+pub fn root_of(path: &Path) -> Option<PathBuf> {
+    find(path).map(|(r, _)| r.path.clone())
+}
+
 fn resolve_flags() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
@@ -114,6 +119,14 @@ fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> i
         Err(e) => return Err(e.into()),
     }
     // No openat2 (old kernel, or a seccomp filter): walk the components.
+    walk_beneath(dir, rel, flags, mode)
+}
+
+/// [`open_beneath`] without `openat2`: each directory component opened
+/// with `O_PATH | O_DIRECTORY | O_NOFOLLOW` from the one before (a symlink
+/// gives `ELOOP`), `..` and absolute paths refused (`EXDEV`), the last one
+/// opened with `flags` (which hold `O_NOFOLLOW`).
+fn walk_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
     let mut comps: Vec<&OsStr> = Vec::new();
     for c in rel.components() {
         match c {
@@ -493,4 +506,81 @@ pub enum EntryKind {
     Other,
     /// The file system did not say (`DT_UNKNOWN`): stat it.
     Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered directory with `sub/` inside, and a directory outside.
+    fn setup() -> (tempfile::TempDir, Arc<Root>, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("coord");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside")).unwrap();
+        let r = register(&root).unwrap();
+        (t, r, root)
+    }
+
+    #[test]
+    fn a_symlinked_component_below_the_root_is_refused() {
+        let (t, _r, root) = setup();
+        std::os::unix::fs::symlink(t.path().join("outside"), root.join("link")).unwrap();
+        let e = open(&root.join("link/x"), libc::O_WRONLY | libc::O_CREAT, 0o600).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        assert!(!t.path().join("outside/x").exists());
+        // The parent opened as a directory: a symlink there is ENOTDIR.
+        let e = remove_file(&root.join("link/y")).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{e}"
+        );
+        // The link itself can be removed (it is the last component).
+        remove_file(&root.join("link")).unwrap();
+        open(&root.join("sub/x"), libc::O_WRONLY | libc::O_CREAT, 0o600).unwrap();
+    }
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let (_t, _r, root) = setup();
+        std::fs::write(root.join("sub/a"), b"new").unwrap();
+        std::fs::write(root.join("sub/b"), b"old").unwrap();
+        let e = rename_noreplace(&root.join("sub/a"), &root.join("sub/b")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(root.join("sub/b")).unwrap(), b"old");
+        rename_noreplace(&root.join("sub/a"), &root.join("sub/c")).unwrap();
+        assert_eq!(std::fs::read(root.join("sub/c")).unwrap(), b"new");
+        assert!(!root.join("sub/a").exists());
+    }
+
+    #[test]
+    fn the_walk_without_openat2_refuses_symlinks_too() {
+        let (t, r, root) = setup();
+        std::os::unix::fs::symlink(t.path().join("outside"), root.join("link")).unwrap();
+        // The fallback path, as on a kernel without openat2.
+        let e = walk_beneath(
+            r.fd.as_fd(),
+            Path::new("link/x"),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        let f = walk_beneath(
+            r.fd.as_fd(),
+            Path::new("sub/y"),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        );
+        assert!(f.is_ok());
+        assert!(root.join("sub/y").is_file());
+        let e = walk_beneath(
+            r.fd.as_fd(),
+            Path::new("../outside/z"),
+            OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+    }
 }

@@ -1036,6 +1036,21 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// As [`Txn::save_with`] for a task file that must not exist yet: never
+    /// replaces a file at its name, even one planted after the id was found
+    /// free (`spec` 4.2, `RENAME_NOREPLACE`); [`Error::IdTaken`] then.
+    fn save_new_with(&mut self, t: &Task, fsync: bool) -> Result<()> {
+        let bytes = task_bytes(t)?;
+        match store::write_new(&self.c.layout.task(&t.id), &bytes, fsync, false) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::IdTaken(t.id.to_string()))
+            }
+            r => r?,
+        }
+        self.tasks_dir_dirty = true;
+        Ok(())
+    }
+
     fn event(&mut self, name: &str, t: &Task, from: Option<Status>) -> &mut Event {
         self.event_from(name, t, from, t.claimed_by.clone())
     }
@@ -1062,8 +1077,12 @@ impl Txn<'_> {
 
     /// Finishes crash leftovers and expired leases before the operation.
     fn prepare(&mut self) -> Result<()> {
-        // We hold the lock, so a temp file left in tasks/ is a crash
-        // leftover: clean it (spec 4.2).
+        // We hold the lock, so a temp file left in `.tmp/` (ours) or at
+        // `tasks/.tmp-write` (older or other writers) is a crash leftover:
+        // clean it (spec 4.2).
+        if store::clean_temps(self.c.layout.root())? > 0 {
+            tracing::debug!("removed temp files left by a crash");
+        }
         let tmp = self.c.layout.tasks_dir().join(layout::TEMP_NAME);
         match crate::fsroot::remove_file(&tmp) {
             Ok(()) => tracing::debug!("removed a temp file left by a crash"),
@@ -1886,7 +1905,7 @@ impl Txn<'_> {
             task_bytes(t)?;
         }
         if tasks.len() == 1 {
-            self.save(&tasks[0])?;
+            self.save_new_with(&tasks[0], c.durable())?;
         } else {
             let intent = serde_json::json!({
                 "schema_version": 1,
@@ -1903,7 +1922,7 @@ impl Txn<'_> {
                 if i == 1 {
                     crate::faults::point("between_batch_files");
                 }
-                if let Err(e) = self.save_with(t, false) {
+                if let Err(e) = self.save_new_with(t, false) {
                     // Undo what was written; nothing of the batch must stay.
                     for t in &tasks[..i] {
                         let _ = crate::fsroot::remove_file(&c.layout.task(&t.id));

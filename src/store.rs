@@ -282,27 +282,112 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Replaces `path` with `bytes` atomically (`spec` section 4.2): remove a
-/// leftover temp file, create `<dir>/.tmp-write` exclusively (never
-/// following a planted symlink), write, fsync when `durable`, rename over
-/// `path`, and fsync the directory when `durable && sync_parent`. The caller
-/// must hold the directory lock, which is what makes one fixed temp name safe.
+/// Replaces `path` with `bytes` atomically (`spec` section 4.2): create
+/// `<dir>/.tmp-write-<16 random hex digits>` exclusively through the
+/// directory handle (never following a planted symlink), write, fsync when
+/// `durable`, rename over `path`, and fsync the directory when
+/// `durable && sync_parent`. The caller holds the directory lock.
 ///
 /// # Errors
 /// [`Error::Io`] for any failing step; the temp file is removed and `path`
-/// is left as it was.
+/// is left as it was. [`Error::Corrupt`] when what got placed keeps not
+/// being our file (a hostile user of a shared directory).
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool) -> Result<()> {
+    write_placed(path, bytes, durable, sync_parent, Placement::Replace)
+}
+
+/// As [`write_atomic`] for a file that must not exist yet (a new task):
+/// placed with `renameat2(RENAME_NOREPLACE)` (`linkat` + `unlinkat` where
+/// the file system refuses the flag), so nothing already at `path`, even
+/// one planted after the caller looked, is ever replaced.
+///
+/// # Errors
+/// [`Error::Io`] with kind `AlreadyExists` when `path` exists; otherwise as
+/// [`write_atomic`].
+pub fn write_new(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool) -> Result<()> {
+    write_placed(path, bytes, durable, sync_parent, Placement::New)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    Replace,
+    New,
+}
+
+/// Where temp files of writes below `.coordination/` are made (`spec` 4.2):
+/// one small directory, so the next lock holder finds a crash's leftovers
+/// with one listing instead of listing `tasks/`.
+pub const TEMP_DIR: &str = ".tmp";
+
+/// An unpredictable temp name for a write of `path` (`spec` 4.2):
+/// `.tmp-write-` and 16 hex digits, so another user cannot plant something
+/// at it in advance; in [`TEMP_DIR`] of the coordination directory holding
+/// `path`, else beside `path`.
+fn temp_for(path: &Path, dir: &Path) -> std::path::PathBuf {
+    let name = format!("{TEMP_NAME}-{:016x}", rand::random::<u64>());
+    match crate::fsroot::root_of(path) {
+        Some(root) => root.join(TEMP_DIR).join(name),
+        None => dir.join(name),
+    }
+}
+
+/// Removes every temp file left in [`TEMP_DIR`] by an interrupted write.
+/// Only a lock holder may call it: then no write is in progress.
+///
+/// # Errors
+/// [`Error::Io`] when the directory cannot be listed or a file removed.
+pub fn clean_temps(root: &Path) -> Result<usize> {
+    let d = root.join(TEMP_DIR);
+    let names = match crate::fsroot::read_dir(&d) {
+        Ok(v) => v,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        // Something planted in its place (a symlink, a file): it is ours
+        // and holds nothing durable, so the link itself is removed and the
+        // directory made again by the next write.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+            tracing::warn!(path = %d.display(), "not a directory; removing it");
+            crate::fsroot::remove_file(&d).map_err(|e| Error::io("remove", &d, e))?;
+            return Ok(1);
+        }
+        Err(e) => return Err(Error::io("list", &d, e)),
+    };
+    for (n, _) in &names {
+        let p = d.join(n);
+        match crate::fsroot::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale temp file", &p, e)),
+        }
+    }
+    Ok(names.len())
+}
+
+/// True for the temp names of [`write_atomic`] and of older writers
+/// (`.tmp-write`, `.tmp-write-*`): readers skip them, `doctor` reports and
+/// cleans them.
+pub fn is_temp_name(name: &str) -> bool {
+    name == TEMP_NAME
+        || name
+            .strip_prefix(TEMP_NAME)
+            .is_some_and(|r| r.starts_with('-'))
+}
+
+fn write_placed(
+    path: &Path,
+    bytes: &[u8],
+    durable: bool,
+    sync_parent: bool,
+    how: Placement,
+) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Other(format!("no parent directory for {}", path.display())))?;
-    let tmp = dir.join(TEMP_NAME);
-    // Another user of a group-shared directory may swap the temp name for a
-    // symlink between our write and our rename (`spec` 4.7): the rename
-    // would then place their object. So the placed file is checked to be
-    // ours (same inode as our descriptor) and the write is redone when it
-    // is not; a success is only reported for our own bytes at `path`.
+    // Another user of a group-shared directory may swap what we placed for
+    // their own object (`spec` 4.7): the placed file is checked to be ours
+    // (same inode as our descriptor) and the write is redone when it is
+    // not; a success is only reported for our own bytes at `path`.
     for _ in 0..WRITE_TRIES {
-        match write_once(path, &tmp, bytes, durable)? {
+        match write_once(path, &temp_for(path, dir), bytes, durable, how)? {
             true => {
                 if durable && sync_parent {
                     sync_dir(dir)?;
@@ -310,38 +395,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool, sync_parent: bool)
                 return Ok(());
             }
             false => {
-                tracing::warn!(path = %path.display(), "the temp file was replaced by someone else during a write; writing again")
+                tracing::warn!(path = %path.display(), "the file was replaced by someone else during a write; writing again")
             }
         }
     }
     Err(Error::corrupt(
         path,
-        "someone keeps replacing the temp file `.tmp-write` during writes (a hostile user of a shared directory?); the write was not done",
+        "someone keeps replacing the file during writes (a hostile user of a shared directory?); the write was not done",
     ))
 }
 
 /// Attempts of [`write_atomic`] before it gives up on a directory whose
-/// temp file keeps being replaced under it.
+/// files keep being replaced under it.
 const WRITE_TRIES: usize = 5;
 
 /// One temp-write-rename; `Ok(false)` when what got placed at `path` is not
 /// the file we wrote (or the temp name was taken by someone else).
-fn write_once(path: &Path, tmp: &Path, bytes: &[u8], durable: bool) -> Result<bool> {
+fn write_once(
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    durable: bool,
+    how: Placement,
+) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     crate::faults::point("before_temp_write");
-    match crate::fsroot::remove_file(tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove stale temp file", tmp, e)),
-    }
     let result = (|| {
-        let mut f =
-            match crate::fsroot::open(tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600) {
-                Ok(f) => f,
-                // Planted between our remove and our create.
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-                Err(e) => return Err(Error::io("create temp file", tmp, e)),
-            };
+        let create =
+            || crate::fsroot::open(tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600);
+        let created = match create() {
+            // The temp directory is made on first use.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(d) = tmp.parent() {
+                    create_dir(d)?;
+                }
+                create()
+            }
+            r => r,
+        };
+        let mut f = match created {
+            Ok(f) => f,
+            // Taken (by chance or by someone): try another name.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::io("create temp file", tmp, e)),
+        };
         set_file_mode(&f, path)?;
         f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
         crate::faults::point("after_temp_write");
@@ -350,7 +447,11 @@ fn write_once(path: &Path, tmp: &Path, bytes: &[u8], durable: bool) -> Result<bo
         }
         crate::faults::point("after_fsync");
         let ours = f.metadata().map_err(|e| Error::io("stat", tmp, e))?;
-        crate::fsroot::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        match how {
+            Placement::Replace => crate::fsroot::rename(tmp, path),
+            Placement::New => crate::fsroot::rename_noreplace(tmp, path),
+        }
+        .map_err(|e| Error::io("rename into place", path, e))?;
         crate::faults::point("after_rename");
         let placed =
             crate::fsroot::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;

@@ -514,8 +514,9 @@ fn killed_claim_loops_leave_a_consistent_directory() {
         completions.values().all(|&n| n == 1),
         "the finisher claimed a task twice"
     );
-    assert!(
-        !env.tasks_dir().join(".tmp-write").exists(),
+    assert_eq!(
+        env.temps(),
+        Vec::<String>::new(),
         "a temp file survived a later write"
     );
 }
@@ -573,7 +574,7 @@ fn crash_inside_a_write_leaves_old_or_new_file() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(env.task_json(&id)["status"], "completed");
-        assert!(!env.tasks_dir().join(".tmp-write").exists(), "{point}");
+        assert_eq!(env.temps(), Vec::<String>::new(), "{point}");
         assert_eq!(env.json(&["list", "--json"], 0)["errors"], json!([]));
     }
 }

@@ -514,6 +514,12 @@ fn run_case(case: &Case, point: &str) -> Result<(), String> {
     if out.status.code() != Some(0) {
         return Err(format!("next mutation: {}\n{}", how(&out), streams(&out)));
     }
+    if !env.temps().is_empty() {
+        return Err(format!(
+            "{:?} still there after the next mutation",
+            env.temps()
+        ));
+    }
     for leftover in [".tmp-write", ".batch-intent.json"] {
         if env.tasks_dir().join(leftover).exists() {
             return Err(format!(
@@ -811,11 +817,10 @@ fn writer_hung_inside_a_write_blocks_writers_not_readers() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let tmp = env.tasks_dir().join(".tmp-write");
     crate::support::wait_for(
         "the hung writer's temp file",
         Duration::from_secs(20),
-        || tmp.exists().then_some(()),
+        || (!env.temps().is_empty()).then_some(()),
     );
     let ids = check_readers(&env).unwrap_or_else(|e| panic!("reader beside a hung writer: {e}"));
     assert_eq!(ids, ["t"]);
@@ -841,5 +846,9 @@ fn writer_hung_inside_a_write_blocks_writers_not_readers() {
         "3s",
     ]);
     assert_eq!(env.task_json("t")["status"], "completed");
-    assert!(!tmp.exists(), ".tmp-write left after the next write");
+    assert_eq!(
+        env.temps(),
+        Vec::<String>::new(),
+        "a temp file left after the next write"
+    );
 }

@@ -378,6 +378,10 @@ fn unwritable_tasks_directory_fails_with_74_at_the_task_write() {
     // Only the index: `.coordination/` itself stays root's, so a rebuild
     // (which renames index/) cannot happen either.
     walk(&env.dir().join("index"), &chown);
+    // And the temp directory (spec 4.2): the write gets as far as the
+    // rename into `tasks/`.
+    std::fs::create_dir_all(env.dir().join(".tmp")).unwrap();
+    walk(&env.dir().join(".tmp"), &chown);
     let mut failures = Vec::new();
     for args in read_only_mutations(&env) {
         // Nothing to write for these two here (no expired lease; a

@@ -211,6 +211,31 @@ fn symlinked_temp_file_and_batch_intent_are_not_followed() {
             f.push(format!("dangling={dangling}: x was not created"));
         }
     }
+    // .tmp (where temp files are made) -> an outside directory: removed
+    // (the link, not its target), made again, nothing written outside.
+    let env = TestEnv::new();
+    let out_dir = outside(&env);
+    let _ = std::fs::remove_dir_all(env.dir().join(".tmp"));
+    symlink(out_dir.join("victim-dir"), env.dir().join(".tmp")).unwrap();
+    let before = outside_tree(&env);
+    check(
+        &env,
+        &["create-task", "x", "--id", "x"],
+        &[0],
+        &before,
+        &mut f,
+    );
+    if !env.task_path("x").is_file() {
+        f.push(".tmp symlinked: x was not created".into());
+    }
+    if !env
+        .dir()
+        .join(".tmp")
+        .symlink_metadata()
+        .is_ok_and(|m| m.is_dir())
+    {
+        f.push(".tmp is not a real directory after a write".into());
+    }
     // .batch-intent.json -> an outside "intent" naming a real task: a
     // roll-back that followed it would delete `ok`.
     let env = TestEnv::new();

@@ -64,6 +64,25 @@ impl TestEnv {
         &self.dir
     }
 
+    /// Temp files of interrupted writes: everything in `.tmp/`, and a
+    /// `tasks/.tmp-write*` (spec 4.2).
+    pub fn temps(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(".tmp"))
+            .map(|rd| {
+                rd.map(|e| format!(".tmp/{}", e.unwrap().file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("tasks")) {
+            v.extend(
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".tmp-write"))
+                    .map(|n| format!("tasks/{n}")),
+            );
+        }
+        v
+    }
+
     /// `tasks/`.
     pub fn tasks_dir(&self) -> PathBuf {
         self.dir.join("tasks")

@@ -134,8 +134,10 @@ fn a_group_shared_queue_of_my_group_is_trusted() {
     );
 }
 
-/// Issue 11 (5): another user of a shared `tasks/` swaps the temp name for
-/// a symlink in a loop while the owner heartbeats. No success is reported
+/// Issue 11 (5): another user of a shared `tasks/` swaps the fixed temp
+/// name of earlier versions (`tasks/.tmp-write`, still cleaned at every
+/// mutation) for a symlink in a loop while the owner heartbeats; the temp
+/// files themselves now have unpredictable names in `.tmp/` (spec 4.2). No success is reported
 /// for a write that did not land: after every heartbeat that exits 0 the
 /// task file is a regular file holding that heartbeat's lease, and the
 /// target of the attacker's link is untouched.

@@ -40,7 +40,7 @@
 //! figures drop while anything on the file system has just deleted many
 //! files, including the clean-up of a previous run of this bench.
 
-use orchestrate::events;
+use orchestrate::protocol::events;
 use orchestrate::{BatchIds, ClaimOutcome, ClaimRequest, Coordination, NewTask, NotReadyReason};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};

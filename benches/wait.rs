@@ -53,7 +53,10 @@ fn main() {
         let out = child.wait_with_output().expect("wait");
         assert!(out.status.success(), "waiter failed");
         let claimed = c.get(t.id.as_str()).expect("get");
-        let ms = orchestrate::clock::ms_between(t.created_at, claimed.claimed_at.expect("claimed"));
+        let ms = orchestrate::protocol::clock::ms_between(
+            t.created_at,
+            claimed.claimed_at.expect("claimed"),
+        );
         lat.push(ms);
     }
     lat.sort();

@@ -18,41 +18,25 @@
 //! # let _ = t; Ok(()) }
 //! ```
 //!
-//! The library holds the protocol; the `orchestrate` binary is a thin CLI
-//! over it. Library APIs carry no semver promise before 1.0; the on-disk
+//! Four parts (see `ARCHITECTURE.md`): [`protocol`] (the on-disk format and
+//! every change to it), [`run`] (workers, adapters, plans: running agents
+//! over the protocol), [`claude`] (the Claude Code hooks and settings) and
+//! [`observe`] (metrics, watching, the graph, `doctor`). The `orchestrate`
+//! binary is a thin CLI over them. Library APIs carry no semver promise before 1.0; the on-disk
 //! format and the CLI's JSON output do (`spec/PROTOCOL.md`).
 #![warn(missing_docs)]
 
-pub mod agent;
-pub mod clock;
-pub mod config;
-pub mod dag;
-pub mod doctor;
+pub mod claude;
 pub mod error;
-pub mod events;
-pub mod faults;
-pub mod fsroot;
-pub mod graph;
-pub mod hook;
-mod index;
-pub mod layout;
-pub mod lock;
-pub mod metrics;
-pub mod plan;
+pub mod observe;
 pub mod protocol;
-pub mod registry;
-pub mod settings;
-pub mod store;
-pub mod supervisor;
-pub mod task;
-pub mod trust;
-pub mod watch;
+pub mod run;
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use config::{Backoff, Config, Durability};
 pub use error::{Error, Result};
+pub use protocol::clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use protocol::config::{Backoff, Config, Durability};
+pub use protocol::task::{Context, NewTask, Status, Task, TaskId};
 pub use protocol::{
     init_dir, resolve_dir, BatchIds, ClaimOutcome, ClaimRequest, Coordination, Listing, NotReady,
     NotReadyReason, Reaped, StatusReport,
 };
-pub use task::{Context, NewTask, Status, Task, TaskId};

@@ -8,7 +8,7 @@
 //! so they are also checked to be byte-for-byte what the library writes.
 
 use jsonschema::Validator;
-use orchestrate::store::{read_config, read_task, to_pretty};
+use orchestrate::protocol::store::{read_config, read_task, to_pretty};
 use orchestrate::{Durability, Error, Status, TaskId};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

@@ -45,15 +45,17 @@
 //! `known_task_defect` and `known_config_defect`) so that they keep looking
 //! for new problems instead of finding the known ones again.
 
-use orchestrate::agent::parse_claude_output;
-use orchestrate::clock;
-use orchestrate::config::CONFIG_SCHEMA_VERSION;
-use orchestrate::hook::{self, HookEvent, HookInput};
-use orchestrate::plan::{self, check_batch, extract_json, parse_plan, tasks_from_value};
-use orchestrate::settings;
-use orchestrate::store::{self, parse_versioned, read_bytes, read_config, read_task, to_pretty};
-use orchestrate::task::TASK_SCHEMA_VERSION;
-use orchestrate::task::{validate_name, validate_new, MAX_DESCRIPTION_LEN, MAX_ID_LEN};
+use orchestrate::claude::hook::{self, HookEvent, HookInput};
+use orchestrate::claude::settings;
+use orchestrate::protocol::clock;
+use orchestrate::protocol::config::CONFIG_SCHEMA_VERSION;
+use orchestrate::protocol::store::{
+    self, parse_versioned, read_bytes, read_config, read_task, to_pretty,
+};
+use orchestrate::protocol::task::TASK_SCHEMA_VERSION;
+use orchestrate::protocol::task::{validate_name, validate_new, MAX_DESCRIPTION_LEN, MAX_ID_LEN};
+use orchestrate::run::agent::parse_claude_output;
+use orchestrate::run::plan::{self, check_batch, extract_json, parse_plan, tasks_from_value};
 use orchestrate::{ClaimOutcome, ClaimRequest, Config, Coordination, Error, NewTask, Task, TaskId};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -125,13 +127,15 @@ fn stat(outcome: impl Into<String>) {
     STATS.with(|s| *s.borrow_mut().entry(outcome.into()).or_default() += 1);
 }
 
-/// Time one call may take (`FUZZ_DEADLINE_MS`, default 2000 ms).
+/// Time one call may take (`FUZZ_DEADLINE_MS`, default 5000 ms: a hang
+/// is what this catches, and a debug build on a loaded 2-core machine took
+/// over 2 s for the deepest nesting case).
 fn deadline() -> Duration {
     Duration::from_millis(
         std::env::var("FUZZ_DEADLINE_MS")
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(2_000),
+            .unwrap_or(5_000),
     )
 }
 
@@ -1777,7 +1781,7 @@ fn check_settings(text: &str, program: &str) {
             &before_rules[..],
             "install changed the allow rules"
         );
-        for r in orchestrate::agent::allow_rules(&orchestrate::agent::shell_word(&prog)) {
+        for r in orchestrate::run::agent::allow_rules(&orchestrate::run::agent::shell_word(&prog)) {
             assert!(after_rules.contains(&r), "`{r}` not allowed");
         }
         if let Some(before) = o.get("hooks").and_then(Value::as_object) {

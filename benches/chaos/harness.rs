@@ -65,7 +65,7 @@
 //! not parse, is missing, or is not `completed` (or `dead` with every attempt
 //! spent) at the end.
 
-use orchestrate::store;
+use orchestrate::protocol::store;
 use orchestrate::{
     BatchIds, ClaimOutcome, ClaimRequest, Coordination, Error, NewTask, NotReadyReason, Status,
     TaskId,

@@ -6,8 +6,8 @@ use super::tasks::write_json_file;
 use super::Global;
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use orchestrate::hook::{self, HookEvent, HookOptions};
-use orchestrate::settings::{self, Scope};
+use orchestrate::claude::hook::{self, HookEvent, HookOptions};
+use orchestrate::claude::settings::{self, Scope};
 use orchestrate::Coordination;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -94,7 +94,7 @@ fn hook_program() -> String {
         Some(p) if p.is_absolute() || p.components().count() == 1 => p,
         _ => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("orchestrate")),
     };
-    orchestrate::agent::shell_word(&word.to_string_lossy())
+    orchestrate::run::agent::shell_word(&word.to_string_lossy())
 }
 
 fn hook_inner(g: &Global, a: &HookArgs) -> Result<()> {
@@ -200,7 +200,7 @@ pub fn hooks(g: &Global, a: HooksArgs) -> Result<u8> {
     }
     // Non-blocking, regular files only, bounded: a FIFO here is refused.
     let text = if std::fs::symlink_metadata(&path).is_ok() {
-        Some(orchestrate::plan::read_user_file(
+        Some(orchestrate::run::plan::read_user_file(
             &path,
             "Claude settings file",
         )?)

@@ -6,9 +6,13 @@ use super::tasks::open;
 use super::Global;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use orchestrate::events::{Event, LogReader};
-use orchestrate::watch::ChangeWatcher;
-use orchestrate::{clock, graph, metrics, Coordination, Status, Timestamp};
+use orchestrate::observe::watch::ChangeWatcher;
+use orchestrate::protocol::events::{Event, LogReader};
+use orchestrate::{
+    observe::{graph, metrics},
+    protocol::clock,
+    Coordination, Status, Timestamp,
+};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -130,10 +134,10 @@ fn human_event(e: &Event) -> String {
 
 pub fn events(g: &Global, a: EventsArgs) -> Result<u8> {
     if let Some(t) = &a.task {
-        orchestrate::task::validate_name("task id", t)?;
+        orchestrate::protocol::task::validate_name("task id", t)?;
     }
     if let Some(ag) = &a.agent {
-        orchestrate::task::validate_name("agent id", ag)?;
+        orchestrate::protocol::task::validate_name("agent id", ag)?;
     }
     let c = open(g)?;
     let filter = Filter {

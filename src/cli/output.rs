@@ -1,7 +1,7 @@
 //! The only stdout writer: human text or one `--json` document
 //! (`spec/PROTOCOL.md` section 11).
 
-use orchestrate::{clock, Task};
+use orchestrate::{protocol::clock, Task};
 use serde::Serialize;
 use std::io::Write;
 

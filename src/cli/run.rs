@@ -6,9 +6,9 @@ use super::tasks::{open, write_json_file, AgentId};
 use super::Global;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use orchestrate::agent::{AgentKind, AgentSpec, ClaudeOptions};
-use orchestrate::supervisor::{self, Progress, RunOptions, RunReport, WorkerOptions};
-use orchestrate::{plan, Coordination, Status};
+use orchestrate::run::agent::{AgentKind, AgentSpec, ClaudeOptions};
+use orchestrate::run::supervisor::{self, Progress, RunOptions, RunReport, WorkerOptions};
+use orchestrate::{run::plan, Coordination, Status};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -200,7 +200,7 @@ fn install_interrupt_handler() {
 }
 
 fn stop_now() -> ! {
-    orchestrate::agent::kill_all_children();
+    orchestrate::run::agent::kill_all_children();
     supervisor::release_held(300);
     std::process::exit(i32::from(supervisor::interrupted_exit_code()));
 }
@@ -406,7 +406,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         }
     }
     if p.spec.kind == AgentKind::Claude {
-        orchestrate::agent::check_claude(&p.spec.claude)?;
+        orchestrate::run::agent::check_claude(&p.spec.claude)?;
     }
     if let Some(tasks) = &p.tasks {
         if tasks.is_empty() {
@@ -613,12 +613,12 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
             "orchestrate: note: `--agent {agent_id}` names this worker; the runner is chosen with `--adapter {agent_id}` (default: claude)"
         ));
     }
-    orchestrate::task::validate_name("agent id", &agent_id)?;
+    orchestrate::protocol::task::validate_name("agent id", &agent_id)?;
     let c = open(g)?;
     let kind: AgentKind = a.adapter_kind.into();
     let spec = a.adapter.spec(kind, None);
     if kind == AgentKind::Claude {
-        orchestrate::agent::check_claude(&spec.claude)?;
+        orchestrate::run::agent::check_claude(&spec.claude)?;
     }
     install_interrupt_handler();
     if !g.quiet {

@@ -7,8 +7,8 @@ use super::Global;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use orchestrate::{
-    clock, resolve_dir, ClaimOutcome, ClaimRequest, Context, Coordination, Error, NewTask, Status,
-    Task,
+    protocol::clock, resolve_dir, ClaimOutcome, ClaimRequest, Context, Coordination, Error,
+    NewTask, Status, Task,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -359,7 +359,7 @@ pub fn create(g: &Global, a: CreateArgs) -> Result<u8> {
         max_attempts: a.max_attempts,
         backoff: None,
     };
-    orchestrate::task::validate_new(&spec)?;
+    orchestrate::protocol::task::validate_new(&spec)?;
     if let Some(cfg) = &a.config {
         return create_in_config(g, cfg, &a);
     }
@@ -379,7 +379,7 @@ fn create_in_config(g: &Global, cfg: &Path, a: &CreateArgs) -> Result<u8> {
     }
     // Non-blocking, regular files only, bounded: a FIFO or /dev/zero here
     // is refused (`spec` 4.7).
-    let text = orchestrate::plan::read_user_file(cfg, "configuration file")?;
+    let text = orchestrate::run::plan::read_user_file(cfg, "configuration file")?;
     let mut doc: Value = serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("`{}` is not valid JSON: {e}", cfg.display())))?;
     let tasks = doc
@@ -797,7 +797,7 @@ pub struct DoctorArgs {
 
 pub fn doctor(g: &Global, a: DoctorArgs) -> Result<u8> {
     let c = open(g)?;
-    let r = orchestrate::doctor::run(&c, a.fix)?;
+    let r = orchestrate::observe::doctor::run(&c, a.fix)?;
     if g.json {
         output::json(&r)?;
     } else {
@@ -809,8 +809,8 @@ pub fn doctor(g: &Global, a: DoctorArgs) -> Result<u8> {
         }
         for f in &r.findings {
             let sev = match f.severity {
-                orchestrate::doctor::Severity::Error => "error",
-                orchestrate::doctor::Severity::Warning => "warning",
+                orchestrate::observe::doctor::Severity::Error => "error",
+                orchestrate::observe::doctor::Severity::Warning => "warning",
             };
             let state = if f.fixed {
                 " [fixed]"

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-/// Every crash point of `src/faults.rs` except `mid_event_append`.
+/// Every crash point of `src/protocol/faults.rs` except `mid_event_append`.
 const POINTS: &[&str] = &[
     "before_temp_write",
     "after_temp_write",
@@ -685,8 +685,8 @@ fn batch_crashed_between_files_is_rolled_back_by_the_library() {
 
 // ------------------------------------------------------- mid_event_append
 
-/// Regression test (the bug is fixed; it was in src/events.rs): at commit 2246aab the crash point `mid_event_append`
-/// is documented in src/faults.rs ("half a line written") but never armed:
+/// Regression test (the bug is fixed; it was in src/protocol/events.rs): at commit 2246aab the crash point `mid_event_append`
+/// is documented in src/protocol/faults.rs ("half a line written") but never armed:
 /// `events::append` has no `faults::armed("mid_event_append")` branch, so a
 /// command run with `ORCHESTRATE_CRASH_AT=mid_event_append` does not crash.
 /// (Commit 5ed257d arms it; what still fails is the next append, glued
@@ -753,7 +753,7 @@ fn mid_event_append_case(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-/// Regression test (the bug is fixed; it was in src/events.rs `append`): after a torn last line (a crash in the
+/// Regression test (the bug is fixed; it was in src/protocol/events.rs `append`): after a torn last line (a crash in the
 /// middle of an append, or a writer killed mid-`write`), the next append
 /// is glued onto the fragment, so the next event is lost too:
 /// `{"ts":"2026{"ts":"...","event":"task_created",...}` is one line that

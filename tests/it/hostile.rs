@@ -318,7 +318,7 @@ fn symlinked_lock_and_config_are_refused() {
     finish("symlinked lock / config", f);
 }
 
-/// Regression test (the bug is fixed; it was in src/events.rs `read_all`, src/cli/observe.rs `Tail::read`): the
+/// Regression test (the bug is fixed; it was in src/protocol/events.rs `read_all`, src/cli/observe.rs `Tail::read`): the
 /// readers of `events.jsonl` open it with `File::open`, following a planted
 /// symlink: `events` prints the lines of a file outside `.coordination/`
 /// (and `metrics` counts them). Spec 2 rule 3 and 3.4: readers SHOULD open
@@ -395,7 +395,7 @@ fn symlinked_subdirectories_are_refused_by_every_command() {
 /// data (65, spec 2 rule 3) or the index rebuilt (0, spec 9 rule 8); what
 /// must never happen is a write through it.
 ///
-/// Regression test (the bug is fixed; it was in src/index.rs): at commit 34805b6 `set_next_seq` wrote
+/// Regression test (the bug is fixed; it was in src/protocol/index.rs): at commit 34805b6 `set_next_seq` wrote
 /// `index/next_seq` with `std::fs::write`, following the link: an outside
 /// file holding `100` became `101` after one `create-task`. Since commit 4e42f40
 /// index files are opened with O_NOFOLLOW, so nothing is written
@@ -508,7 +508,7 @@ fn symlinks_inside_the_index_are_not_followed() {
     finish("symlinks inside index/", f);
 }
 
-/// Regression test (the bug is fixed; it was in src/agent.rs `create_log`): the attempt's log file is created with
+/// Regression test (the bug is fixed; it was in src/run/agent.rs `create_log`): the attempt's log file is created with
 /// `File::create`, which follows a symlink planted at
 /// `logs/<task>.<attempt>.log` and truncates (then writes) its target
 /// outside `.coordination/`. Spec 2 rule 3: files in the directory are
@@ -538,7 +538,7 @@ fn symlinked_log_file_is_not_followed() {
 
 // ------------------------------------------------------------------ FIFOs
 
-/// Regression test (the bug is fixed; it was in src/store.rs `open_nofollow`, src/events.rs `read_all`,
+/// Regression test (the bug is fixed; it was in src/protocol/store.rs `open_nofollow`, src/protocol/events.rs `read_all`,
 /// src/cli/observe.rs `Tail::read`): files are opened for reading without
 /// `O_NONBLOCK`, so a FIFO planted where a file is expected blocks the
 /// open(2) forever: `list`, `show`, `reindex` (under the lock, so every

@@ -1,7 +1,7 @@
 //! Path math for `.coordination/` (`spec/PROTOCOL.md` section 2). No
 //! protocol logic.
 
-use crate::task::TaskId;
+use crate::protocol::task::TaskId;
 use std::path::{Path, PathBuf};
 
 /// Name of the directory `init` creates by default.

@@ -15,11 +15,11 @@
 //! - `session-end`: releases what the session holds (no attempt spent) and
 //!   marks the agent gone.
 
-use crate::clock;
 use crate::error::{Error, Result};
+use crate::protocol::clock;
+use crate::protocol::registry::AgentStatus;
+use crate::protocol::task::{self, Task};
 use crate::protocol::{ClaimOutcome, ClaimRequest, Coordination};
-use crate::registry::AgentStatus;
-use crate::task::{self, Task};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -203,7 +203,7 @@ pub fn find_dir(explicit: Option<&Path>, cwd: Option<&Path>) -> Option<PathBuf> 
         .or_else(|| std::env::current_dir().ok())?;
     start
         .ancestors()
-        .map(|d| d.join(crate::layout::DEFAULT_DIR))
+        .map(|d| d.join(crate::protocol::layout::DEFAULT_DIR))
         .find(|d| d.join("config.json").is_file())
 }
 
@@ -286,7 +286,7 @@ pub struct HookOutput {
 fn commands(c: &Coordination, o: &HookOptions, t: &Task) -> String {
     // `--dir` with the absolute path: the session's shell may be in a
     // subdirectory or another worktree.
-    crate::agent::report_commands(&o.program, c.layout().root(), t, true)
+    crate::run::agent::report_commands(&o.program, c.layout().root(), t, true)
 }
 
 /// A task for Claude: our own line with id, token and attempts, then its
@@ -294,7 +294,7 @@ fn commands(c: &Coordination, o: &HookOptions, t: &Task) -> String {
 /// (`spec` 14.2), then a line naming the nonce, so the commands given after
 /// it cannot be imitated from inside the task text.
 fn describe(t: &Task) -> String {
-    let nonce = crate::agent::new_nonce();
+    let nonce = crate::run::agent::new_nonce();
     let mut data = t.description.clone();
     if !t.context.files.is_empty() {
         data += &format!("\nRelevant files: {}", t.context.files.join(", "));
@@ -309,7 +309,7 @@ fn describe(t: &Task) -> String {
         t.attempts,
         t.max_attempts,
         t.priority,
-        crate::agent::data_block(&nonce, "the task as it was queued", &data)
+        crate::run::agent::data_block(&nonce, "the task as it was queued", &data)
     )
 }
 
@@ -487,7 +487,7 @@ fn stop(c: &Coordination, input: &HookInput, o: &HookOptions) -> Result<HookOutp
         .and_then(|k| k.rsplit_once(':'))
     {
         let released = c.get(id).is_ok_and(|t| {
-            t.status == crate::task::Status::Pending && tok.parse() == Ok(t.fencing_token)
+            t.status == crate::protocol::task::Status::Pending && tok.parse() == Ok(t.fencing_token)
         });
         if released && input.stop_hook_active {
             c.update_agent(&o.agent, kind, |r| {

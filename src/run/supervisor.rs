@@ -6,12 +6,12 @@
 //! the child runs, complete or fail. A worker started by hand
 //! (`orchestrate work`) is the same loop.
 
-use crate::agent::{self, AgentKind, AgentSpec, Attempt};
-use crate::clock;
 use crate::error::{Error, Result};
-use crate::plan;
+use crate::protocol::clock;
+use crate::protocol::task::{NewTask, Status, Task, TaskId};
 use crate::protocol::{BatchIds, ClaimOutcome, ClaimRequest, Coordination, NotReadyReason};
-use crate::task::{NewTask, Status, Task, TaskId};
+use crate::run::agent::{self, AgentKind, AgentSpec, Attempt};
+use crate::run::plan;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -245,7 +245,7 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
     };
     let mut lock_timeouts = 0;
     let watcher = if o.watch_files {
-        Some(crate::watch::ChangeWatcher::for_claims(
+        Some(crate::observe::watch::ChangeWatcher::for_claims(
             s.c.layout().root(),
             None,
         )?)
@@ -659,7 +659,7 @@ fn run_leader(
     let mut prompt = plan_prompt(&o.goal, o.workers, o.master_plan.as_deref(), o.agent.kind);
     let cancel = AtomicBool::new(false);
     let logs = c.layout().logs_dir();
-    crate::store::ensure_dir(&logs)?;
+    crate::protocol::store::ensure_dir(&logs)?;
     let mut last_errors = Vec::new();
     for round in 1..=2 {
         let out = logs.join(format!("leader-{}.{round}.json", o.run_tag));
@@ -667,7 +667,7 @@ fn run_leader(
         let env = |cmd: &mut std::process::Command| {
             cmd.env("ORCHESTRATE_DIR", c.layout().root())
                 .env("COORDINATION_DIR", c.layout().root())
-                .env(crate::hook::HOOKS_ENV, "off")
+                .env(crate::claude::hook::HOOKS_ENV, "off")
                 .env("ORCHESTRATE_AGENT_ID", "leader")
                 .env("ORCHESTRATE_CORRELATION_ID", &o.run_tag);
         };

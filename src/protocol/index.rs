@@ -32,7 +32,7 @@
 //!   the dependent's file (fan-in stays linear; spec section 9).
 
 use crate::error::{Error, Result};
-use crate::task::{Task, TaskId};
+use crate::protocol::task::{Task, TaskId};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -76,11 +76,11 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
             Access::Write => libc::O_WRONLY,
             Access::Create => libc::O_WRONLY | libc::O_CREAT,
         };
-        let planted = match crate::fsroot::open(p, flags | libc::O_NONBLOCK, 0o600) {
+        let planted = match crate::protocol::fsroot::open(p, flags | libc::O_NONBLOCK, 0o600) {
             Ok(f) => {
                 if f.metadata().map_err(io("stat", p))?.is_file() {
                     if matches!(access, Access::Append | Access::Create) {
-                        crate::store::set_file_mode(&f, p)?;
+                        crate::protocol::store::set_file_mode(&f, p)?;
                     }
                     return Ok(Some(f));
                 }
@@ -98,14 +98,14 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
         if planted && attempt == 0 {
             tracing::warn!(path = %p.display(), "not a regular file in index/; removing it and rebuilding the index");
             remove_planted_dirs(p);
-            if crate::fsroot::remove_file(p).is_err() {
-                let _ = crate::fsroot::remove_dir_all(p);
+            if crate::protocol::fsroot::remove_file(p).is_err() {
+                let _ = crate::protocol::fsroot::remove_dir_all(p);
             }
             if let Some(root) = p
                 .ancestors()
                 .find(|a| a.file_name().is_some_and(|n| n == "index"))
             {
-                let _ = crate::fsroot::remove_file(&root.join("version"));
+                let _ = crate::protocol::fsroot::remove_file(&root.join("version"));
             }
             if !matches!(access, Access::Append | Access::Create) {
                 return Ok(None);
@@ -126,9 +126,10 @@ fn remove_planted_dirs(p: &Path) {
         .collect();
     dirs.reverse();
     for d in dirs {
-        if crate::fsroot::symlink_metadata(d).is_ok_and(|m| m.is_symlink() || !m.is_dir()) {
+        if crate::protocol::fsroot::symlink_metadata(d).is_ok_and(|m| m.is_symlink() || !m.is_dir())
+        {
             tracing::warn!(path = %d.display(), "not a directory in index/; removing it");
-            let _ = crate::fsroot::remove_file(d);
+            let _ = crate::protocol::fsroot::remove_file(d);
         }
     }
 }
@@ -139,7 +140,7 @@ fn append_line(p: &Path, line: &str) -> Result<()> {
         None => {
             // The directory is missing (a new priority): make it, try again.
             if let Some(parent) = p.parent() {
-                crate::store::create_dir(parent)?;
+                crate::protocol::store::create_dir(parent)?;
             }
             open_index_file(p, Access::Append)?
         }
@@ -195,7 +196,7 @@ fn remove_line(p: &Path, line: &str) -> Result<()> {
 }
 
 fn list_names(dir: &Path) -> Result<Vec<String>> {
-    let rd = match crate::fsroot::read_dir(dir) {
+    let rd = match crate::protocol::fsroot::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         // A symlink (or a file) planted where an index directory belongs:
@@ -203,12 +204,12 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
         // so the next mutation rebuilds it; nothing is lost, it is derived.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
             tracing::warn!(path = %dir.display(), "not a directory in index/; removing it and rebuilding the index");
-            let _ = crate::fsroot::remove_file(dir);
+            let _ = crate::protocol::fsroot::remove_file(dir);
             if let Some(root) = dir
                 .ancestors()
                 .find(|a| a.file_name().is_some_and(|n| n == "index"))
             {
-                let _ = crate::fsroot::remove_file(&root.join("version"));
+                let _ = crate::protocol::fsroot::remove_file(&root.join("version"));
             }
             return Ok(Vec::new());
         }
@@ -354,11 +355,12 @@ impl Index {
 
     pub fn remove_bucket_if_empty(&self, bucket: &str) {
         let p = self.ready_dir().join(bucket);
-        if matches!(crate::fsroot::symlink_metadata(&p), Ok(m) if m.is_file() && m.is_empty()) {
-            let _ = crate::fsroot::remove_file(&p);
+        if matches!(crate::protocol::fsroot::symlink_metadata(&p), Ok(m) if m.is_file() && m.is_empty())
+        {
+            let _ = crate::protocol::fsroot::remove_file(&p);
             // The priority directory goes too once empty (fails otherwise).
             if let Some(parent) = p.parent() {
-                let _ = crate::fsroot::remove_dir(parent);
+                let _ = crate::protocol::fsroot::remove_dir(parent);
             }
         }
     }
@@ -433,7 +435,7 @@ impl Index {
             None => {
                 // `unmet/` is missing (the first counter): make it, try again.
                 if let Some(parent) = p.parent() {
-                    crate::store::create_dir(parent)?;
+                    crate::protocol::store::create_dir(parent)?;
                 }
                 open_index_file(&p, Access::Create)?
                     .ok_or_else(|| Error::corrupt(&p, "cannot be created"))?
@@ -503,7 +505,7 @@ impl Index {
                     .map_err(io("write", &p))?;
                 f.set_len(line.len() as u64).map_err(io("truncate", &p))
             }
-            None => crate::store::write_plain(&p, format!("{n}\n").as_bytes()),
+            None => crate::protocol::store::write_plain(&p, format!("{n}\n").as_bytes()),
         }
     }
 
@@ -514,13 +516,13 @@ impl Index {
         let tmp = parent.join(".index-rebuild");
         let old = parent.join(".index-old");
         for p in [&tmp, &old] {
-            if crate::fsroot::exists(p) {
-                crate::fsroot::remove_dir_all(p).map_err(io("remove", p))?;
+            if crate::protocol::fsroot::exists(p) {
+                crate::protocol::fsroot::remove_dir_all(p).map_err(io("remove", p))?;
             }
         }
         for sub in ["ready", "dependents"] {
             let d = tmp.join(sub);
-            crate::store::create_dir(&d)?;
+            crate::protocol::store::create_dir(&d)?;
         }
         let fresh = Index::new(tmp.clone());
         let by_id: std::collections::HashMap<&TaskId, &Task> =
@@ -532,7 +534,7 @@ impl Index {
         let mut leases = Vec::new();
         for t in tasks {
             max_seq = max_seq.max(t.seq);
-            use crate::task::Status::*;
+            use crate::protocol::task::Status::*;
             if matches!(t.status, Pending | Claimed | Blocked) {
                 for d in &t.dependencies {
                     dependents.entry(d).or_default().push(t.id.as_str());
@@ -562,13 +564,13 @@ impl Index {
             if !s.is_empty() {
                 s.push('\n');
             }
-            crate::store::write_plain(&p, s.as_bytes())
+            crate::protocol::store::write_plain(&p, s.as_bytes())
         };
         for (b, mut lines) in ready {
             lines.sort();
             let p = tmp.join("ready").join(b);
             if let Some(parent) = p.parent() {
-                crate::store::create_dir(parent)?;
+                crate::protocol::store::create_dir(parent)?;
             }
             write(p, &lines)?;
         }
@@ -584,16 +586,16 @@ impl Index {
                 "a task file holds `seq` 18446744073709551615, the maximum: no new task can get a larger one",
             )
         })?)?;
-        crate::store::write_plain(
+        crate::protocol::store::write_plain(
             &tmp.join("version"),
             format!("{}\n", Self::version_line()).as_bytes(),
         )?;
-        if crate::fsroot::exists(&self.root) {
-            crate::fsroot::rename(&self.root, &old).map_err(io("rename", &self.root))?;
+        if crate::protocol::fsroot::exists(&self.root) {
+            crate::protocol::fsroot::rename(&self.root, &old).map_err(io("rename", &self.root))?;
         }
-        crate::fsroot::rename(&tmp, &self.root).map_err(io("rename", &tmp))?;
-        if crate::fsroot::exists(&old) {
-            crate::fsroot::remove_dir_all(&old).map_err(io("remove", &old))?;
+        crate::protocol::fsroot::rename(&tmp, &self.root).map_err(io("rename", &tmp))?;
+        if crate::protocol::fsroot::exists(&old) {
+            crate::protocol::fsroot::remove_dir_all(&old).map_err(io("remove", &old))?;
         }
         Ok(())
     }

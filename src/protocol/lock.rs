@@ -40,7 +40,7 @@ pub fn anchor_path(lock: &Path) -> PathBuf {
 }
 
 fn open_existing(path: &Path) -> Result<Option<File>> {
-    match crate::store::open_regular(path, libc::O_RDWR, 0, "open lock file") {
+    match crate::protocol::store::open_regular(path, libc::O_RDWR, 0, "open lock file") {
         Ok(f) => Ok(Some(f)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -57,10 +57,10 @@ fn open_lock_file(path: &Path) -> Result<File> {
     for _ in 0..8 {
         if let Some(f) = open_existing(path)? {
             // Only the owner can chmod; everyone else just uses the file.
-            let _ = crate::store::set_file_mode(&f, path);
+            let _ = crate::protocol::store::set_file_mode(&f, path);
             return Ok(f);
         }
-        match crate::fsroot::hard_link(&anchor, path) {
+        match crate::protocol::fsroot::hard_link(&anchor, path) {
             Ok(()) => {
                 if !made_anchor {
                     tracing::warn!(lock = %path.display(), "the lock file was missing; restored it from {}", anchor.display());
@@ -73,14 +73,14 @@ fn open_lock_file(path: &Path) -> Result<File> {
         }
         // Neither name exists: a new directory. The anchor is made first,
         // exclusively, so that two processes cannot make two inodes.
-        match crate::fsroot::open(
+        match crate::protocol::fsroot::open(
             &anchor,
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
             0o600,
         ) {
             Ok(f) => {
                 made_anchor = true;
-                let _ = crate::store::set_file_mode(&f, &anchor);
+                let _ = crate::protocol::store::set_file_mode(&f, &anchor);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io("create lock file", &anchor, e)),
@@ -100,7 +100,7 @@ fn identity(file: &File) -> Option<(u64, u64)> {
 
 /// True when `path` (not followed: `lstat(2)`) is the file `id` names.
 fn names(path: &Path, id: (u64, u64)) -> bool {
-    crate::fsroot::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == id)
+    crate::protocol::fsroot::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == id)
 }
 
 /// Makes `lock.anchor` a second name of the locked `lock` file (identity
@@ -112,10 +112,11 @@ fn ensure_anchor(id: (u64, u64), path: &Path) {
         return;
     }
     let tmp = path.with_file_name(format!(".lock.anchor.tmp-{}", std::process::id()));
-    let _ = crate::fsroot::remove_file(&tmp);
-    if crate::fsroot::hard_link(path, &tmp).is_ok() && crate::fsroot::rename(&tmp, &anchor).is_err()
+    let _ = crate::protocol::fsroot::remove_file(&tmp);
+    if crate::protocol::fsroot::hard_link(path, &tmp).is_ok()
+        && crate::protocol::fsroot::rename(&tmp, &anchor).is_err()
     {
-        let _ = crate::fsroot::remove_file(&tmp);
+        let _ = crate::protocol::fsroot::remove_file(&tmp);
     }
 }
 

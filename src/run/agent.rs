@@ -8,7 +8,7 @@
 //! negative pid).
 
 use crate::error::{Error, Result};
-use crate::task::{Task, TaskId};
+use crate::protocol::task::{Task, TaskId};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -399,7 +399,7 @@ fn base_env(cmd: &mut Command, a: &Attempt<'_>) {
         .env("ORCHESTRATE_ATTEMPT", a.task.attempts.to_string())
         // Our Claude Code hooks do nothing in a process a worker started:
         // the worker owns the task (`spec` 14.5).
-        .env(crate::hook::HOOKS_ENV, "off");
+        .env(crate::claude::hook::HOOKS_ENV, "off");
     if let Some(c) = a.correlation_id {
         cmd.env("ORCHESTRATE_CORRELATION_ID", c);
     }
@@ -412,20 +412,20 @@ fn base_env(cmd: &mut Command, a: &Attempt<'_>) {
 
 fn log_paths(a: &Attempt<'_>, ext: &str) -> Result<(PathBuf, String)> {
     let dir = a.coordination_dir.join("logs");
-    crate::store::ensure_dir(&dir)?;
+    crate::protocol::store::ensure_dir(&dir)?;
     let name = format!("{}.{}.{ext}", a.task.id, a.task.attempts);
     Ok((dir.join(&name), format!("logs/{name}")))
 }
 
 fn create_log(path: &Path) -> Result<File> {
     // Readable too: the output is read back through this descriptor.
-    let f = crate::store::open_regular(
+    let f = crate::protocol::store::open_regular(
         path,
         libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
         0o600,
         "create log file",
     )?;
-    crate::store::set_file_mode(&f, path)?;
+    crate::protocol::store::set_file_mode(&f, path)?;
     Ok(f)
 }
 

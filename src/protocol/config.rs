@@ -1,8 +1,8 @@
 //! `config.json`: the directory's defaults (`spec/PROTOCOL.md` section 3.3)
 //! and the backoff formula (section 7).
 
-use crate::clock::{serde_ts, Timestamp};
 use crate::error::{Error, Result};
+use crate::protocol::clock::{serde_ts, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -11,11 +11,11 @@
 //! temps removed, an unfinished batch rolled back, blocking propagated, the
 //! index rebuilt. A file from a newer schema version is never touched.
 
-use crate::clock;
 use crate::error::{Error, Result};
+use crate::protocol::clock;
+use crate::protocol::store;
+use crate::protocol::task::{Status, Task, TaskId};
 use crate::protocol::Coordination;
-use crate::store;
-use crate::task::{Status, Task, TaskId};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -99,23 +99,26 @@ fn rel(root: &Path, p: &Path) -> String {
 /// directory handle without following anything.
 fn index_plants(index: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = crate::fsroot::read_dir(dir) else {
+        let Ok(entries) = crate::protocol::fsroot::read_dir(dir) else {
             return;
         };
         for (name, kind) in entries {
             let p = dir.join(&name);
             let kind = match kind {
-                crate::fsroot::EntryKind::Unknown => match crate::fsroot::symlink_metadata(&p) {
-                    Ok(m) if m.is_symlink() => crate::fsroot::EntryKind::Symlink,
-                    Ok(m) if m.is_dir() => crate::fsroot::EntryKind::Dir,
-                    Ok(m) if m.is_file() => crate::fsroot::EntryKind::File,
-                    _ => crate::fsroot::EntryKind::Other,
-                },
+                crate::protocol::fsroot::EntryKind::Unknown => {
+                    match crate::protocol::fsroot::symlink_metadata(&p) {
+                        Ok(m) if m.is_symlink() => crate::protocol::fsroot::EntryKind::Symlink,
+                        Ok(m) if m.is_dir() => crate::protocol::fsroot::EntryKind::Dir,
+                        Ok(m) if m.is_file() => crate::protocol::fsroot::EntryKind::File,
+                        _ => crate::protocol::fsroot::EntryKind::Other,
+                    }
+                }
                 k => k,
             };
             match kind {
-                crate::fsroot::EntryKind::Dir if depth > 0 => walk(&p, depth - 1, out),
-                crate::fsroot::EntryKind::File | crate::fsroot::EntryKind::Dir => {}
+                crate::protocol::fsroot::EntryKind::Dir if depth > 0 => walk(&p, depth - 1, out),
+                crate::protocol::fsroot::EntryKind::File
+                | crate::protocol::fsroot::EntryKind::Dir => {}
                 _ => out.push(p),
             }
         }
@@ -136,7 +139,8 @@ fn quarantine(root: &Path, path: &Path, reason: &str) -> Result<PathBuf> {
         .unwrap_or_default();
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let target = q.join(format!("{name}.{stamp}"));
-    crate::fsroot::rename(path, &target).map_err(|e| Error::io("move to quarantine", path, e))?;
+    crate::protocol::fsroot::rename(path, &target)
+        .map_err(|e| Error::io("move to quarantine", path, e))?;
     let note = format!(
         "moved here by `orchestrate doctor --fix` at {}\nfrom: {}\nreason: {reason}\n",
         clock::format(&chrono::Utc::now()),
@@ -207,7 +211,7 @@ fn find_cycle(tasks: &HashMap<TaskId, Task>) -> Option<Vec<TaskId>> {
             .filter_map(|d| pos.get(d).copied())
             .collect()
     };
-    crate::dag::find_cycle(ids.len(), edges)
+    crate::protocol::dag::find_cycle(ids.len(), edges)
         .map(|c| c.into_iter().map(|i| ids[i].clone()).collect())
 }
 
@@ -245,8 +249,8 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     // holds the lock, so a difference means someone replaced one by hand.
     {
         let lock = c.layout().lock();
-        let anchor = crate::lock::anchor_path(&lock);
-        match (crate::fsroot::symlink_metadata(&lock), crate::fsroot::symlink_metadata(&anchor)) {
+        let anchor = crate::protocol::lock::anchor_path(&lock);
+        match (crate::protocol::fsroot::symlink_metadata(&lock), crate::protocol::fsroot::symlink_metadata(&anchor)) {
             (Ok(a), Ok(b)) if a.is_file() && b.is_file() && (a.dev(), a.ino()) != (b.dev(), b.ino()) => col.add(
                 "lock_identity",
                 Severity::Warning,
@@ -269,7 +273,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
 
     // 0. Temp files of interrupted writes (`spec` 4.2): in `.tmp/`.
     let tmp_dir = root.join(store::TEMP_DIR);
-    if let Ok(entries) = crate::fsroot::read_dir(&tmp_dir) {
+    if let Ok(entries) = crate::protocol::fsroot::read_dir(&tmp_dir) {
         for (name, _) in entries {
             col.add(
                 "orphan_temp",
@@ -288,7 +292,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         c.layout().tasks_dir(),
         c.layout().agents_dir(),
     ] {
-        let rd = match crate::fsroot::read_dir(&dir) {
+        let rd = match crate::protocol::fsroot::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("list", &dir, e)),
@@ -299,7 +303,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             let path = dir.join(&name);
             let name = name.to_string_lossy().into_owned();
             let r = rel(&root, &path);
-            let ft = match crate::fsroot::symlink_metadata(&path) {
+            let ft = match crate::protocol::fsroot::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(_) => continue,
             };
@@ -554,7 +558,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                 );
             }
             if matches!(t.status, Status::Pending | Status::Blocked)
-                && t.dependencies.len() >= crate::index::UNMET_MIN_DEPS
+                && t.dependencies.len() >= crate::protocol::index::UNMET_MIN_DEPS
             {
                 let distinct: HashSet<&TaskId> = t.dependencies.iter().collect();
                 let truth = distinct
@@ -595,7 +599,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     // (no newline yet) is not complete and is checked like the others.
     let mut line_no = 0u64;
     let mut torn = Vec::new();
-    let mut reader = crate::events::LogReader::new(&c.layout().events(), 0);
+    let mut reader = crate::protocol::events::LogReader::new(&c.layout().events(), 0);
     let _ = reader.read_lines(|l| {
         line_no += 1;
         if !l.is_empty()
@@ -634,10 +638,12 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
             let done = match f.kind.as_str() {
                 // Gone already counts: the next writer cleaned it.
                 "orphan_temp" => {
-                    crate::fsroot::remove_file(&path).is_ok() || !crate::fsroot::exists(&path)
+                    crate::protocol::fsroot::remove_file(&path).is_ok()
+                        || !crate::protocol::fsroot::exists(&path)
                 }
                 "orphan_index_build" => {
-                    crate::fsroot::remove_dir_all(&path).is_ok() || !crate::fsroot::exists(&path)
+                    crate::protocol::fsroot::remove_dir_all(&path).is_ok()
+                        || !crate::protocol::fsroot::exists(&path)
                 }
                 "corrupt_file" | "symlink" | "stray_file" => {
                     quarantine(root, &path, &f.message).is_ok()

@@ -3,7 +3,7 @@
 //! the atomic-write protocol; used by the Claude Code hooks to remember a
 //! session and to bound how often its Stop hook blocks.
 
-use crate::clock::{serde_ts, Timestamp};
+use crate::protocol::clock::{serde_ts, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -4,8 +4,8 @@
 //! (`spec/PROTOCOL.md` section 14.4; Claude Code settings and hooks
 //! reference, <https://docs.claude.com/en/docs/claude-code/hooks>).
 
+use crate::claude::hook::HookEvent;
 use crate::error::{Error, Result};
-use crate::hook::HookEvent;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,7 @@ pub fn hook_command(program: &str, event: HookEvent) -> String {
     // Quoted for the shell Claude Code runs the command with, when needed.
     format!(
         "{} hook {}",
-        crate::agent::shell_word(program),
+        crate::run::agent::shell_word(program),
         event.cli_name()
     )
 }
@@ -138,7 +138,7 @@ pub fn parse(path: &Path, text: Option<&str>) -> Result<Map<String, Value>> {
 
 /// True for a permission rule that [`install`] wrote: `Bash(PROGRAM SUB:*)`
 /// with a program ending in `orchestrate` and one of
-/// [`crate::agent::MODEL_SUBCOMMANDS`].
+/// [`crate::run::agent::MODEL_SUBCOMMANDS`].
 pub fn is_our_rule(rule: &str) -> bool {
     let Some(inner) = rule
         .strip_prefix("Bash(")
@@ -148,11 +148,11 @@ pub fn is_our_rule(rule: &str) -> bool {
     };
     let (prog, rest) = first_word(inner);
     let is_orch = prog == "orchestrate" || prog.ends_with("/orchestrate");
-    is_orch && crate::agent::MODEL_SUBCOMMANDS.contains(&rest.trim())
+    is_orch && crate::run::agent::MODEL_SUBCOMMANDS.contains(&rest.trim())
 }
 
 /// Adds our hook entries for every event unless an identical command is
-/// there, and the allow rules of [`crate::agent::allow_rules`] to
+/// there, and the allow rules of [`crate::run::agent::allow_rules`] to
 /// `permissions.allow`, so that the commands the hooks hand to Claude run
 /// without a person approving them (`spec` 14.4). Other keys, hooks and
 /// rules are kept in place. Returns true when it changed.
@@ -176,7 +176,7 @@ fn install_rules(settings: &mut Map<String, Value>, program: &str) -> bool {
         return false;
     };
     let mut changed = false;
-    for rule in crate::agent::allow_rules(&crate::agent::shell_word(program)) {
+    for rule in crate::run::agent::allow_rules(&crate::run::agent::shell_word(program)) {
         if !allow.iter().any(|r| r.as_str() == Some(&rule)) {
             allow.push(Value::String(rule));
             changed = true;

@@ -1,24 +1,51 @@
-//! The protocol operations (`spec/PROTOCOL.md` sections 5 to 9), composed
-//! from `store`, `lock`, `index` and `events`. Every mutation runs under the
-//! directory lock in a [`Txn`], which first finishes what a crashed writer
-//! left (batch intent, stale index) and reaps expired leases.
+//! The protocol: everything `spec/PROTOCOL.md` sections 2 to 12 define, and
+//! nothing about running agents or showing results.
+//!
+//! **Owns** the on-disk format and every change to it: the task model and its
+//! state machine (`task`, spec 3.2, 5), the file formats and the atomic
+//! write (`store`, 3, 4.2), the lock (`lock`, 4.1), the derived index
+//! (`index`, 9), the event log (`events`, 3.4), the DAG checks (`dag`, 5.1),
+//! time (`clock`, 3.1, 6), `config.json` (`config`, 3.3), paths (`layout`,
+//! 2), agent records (`registry`, 3.5), directory handles (`fsroot`, 4.7),
+//! safe discovery (`trust`, 4.7) and crash points for tests (`faults`).
+//!
+//! **May use** only `crate::error` and these modules; nothing here knows
+//! about `run`, `claude` or `observe`, which build on it.
+//!
+//! The operations themselves are [`Coordination`]'s methods in this file,
+//! composed from `store`, `lock`, `index` and `events`. Every mutation runs
+//! under the directory lock in a `Txn`, which first finishes what a crashed
+//! writer left (batch intent, stale index) and reaps expired leases.
 
-use crate::clock::{self, Clock, SystemClock, Timestamp};
-use crate::config::{Backoff, Config, Durability};
+pub mod clock;
+pub mod config;
+pub mod dag;
+pub mod events;
+pub mod faults;
+pub mod fsroot;
+pub(crate) mod index;
+pub mod layout;
+pub mod lock;
+pub mod registry;
+pub mod store;
+pub mod task;
+pub mod trust;
+
 use crate::error::{Error, Result};
-use crate::events::{self, Event};
-use crate::index::{Index, ReadyEntry};
-use crate::layout::{self, Layout};
-use crate::lock::{self, LockGuard};
-use crate::registry::AgentRecord;
-use crate::store;
-use crate::task::{self, NewTask, Status, Task, TaskId, DEFAULT_PRIORITY, TASK_SCHEMA_VERSION};
+use clock::{Clock, SystemClock, Timestamp};
+use config::{Backoff, Config, Durability};
+use events::Event;
+use index::{Index, ReadyEntry};
+use layout::Layout;
+use lock::LockGuard;
+use registry::AgentRecord;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use task::{NewTask, Status, Task, TaskId, DEFAULT_PRIORITY, TASK_SCHEMA_VERSION};
 
 /// Default time to wait for the directory lock, in milliseconds.
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
@@ -33,8 +60,8 @@ pub struct Coordination {
     correlation_id: Option<String>,
     index: Index,
     /// The directory's handle: every path below it is resolved from it
-    /// (`spec` 4.7; [`crate::fsroot`]).
-    _root: Arc<crate::fsroot::Root>,
+    /// (`spec` 4.7; [`crate::protocol::fsroot`]).
+    _root: Arc<crate::protocol::fsroot::Root>,
 }
 
 /// Who may use a coordination directory (`spec` 4.7).
@@ -230,7 +257,7 @@ impl Coordination {
         if !layout.root().exists() {
             store::create_dir(layout.root())?;
         }
-        let _root = crate::fsroot::register(layout.root())
+        let _root = crate::protocol::fsroot::register(layout.root())
             .map_err(|e| Error::io("open directory", layout.root(), e))?;
         match sharing {
             Sharing::Group => store::make_group_shared(layout.root())?,
@@ -275,8 +302,8 @@ impl Coordination {
         let dir: PathBuf = dir.into();
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let layout = Layout::new(dir);
-        crate::trust::check(layout.root())?;
-        let _root = crate::fsroot::register(layout.root()).map_err(|e| {
+        crate::protocol::trust::check(layout.root())?;
+        let _root = crate::protocol::fsroot::register(layout.root()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::NotInitialized(layout.root().to_path_buf())
             } else {
@@ -398,7 +425,7 @@ impl Coordination {
         task::validate_name("agent id", &req.agent)?;
         if req
             .lease_ms
-            .is_some_and(|l| l == 0 || l > crate::config::MAX_DURATION_MS)
+            .is_some_and(|l| l == 0 || l > crate::protocol::config::MAX_DURATION_MS)
         {
             return Err(Error::Invalid(
                 "the lease must be between 1 ms and one year".into(),
@@ -434,7 +461,7 @@ impl Coordination {
     ) -> Result<ClaimOutcome> {
         let start = std::time::Instant::now();
         // Watch before the first attempt so that no change is missed.
-        let watcher = crate::watch::ChangeWatcher::for_claims(self.layout.root(), poll)?;
+        let watcher = crate::observe::watch::ChangeWatcher::for_claims(self.layout.root(), poll)?;
         let mut try_claim = true;
         let mut next: Option<Timestamp> = None;
         loop {
@@ -534,7 +561,7 @@ impl Coordination {
     /// [`Error::WrongState`]; [`Error::TaskNotFound`].
     pub fn heartbeat(&self, id: &str, token: u64, lease_ms: Option<u64>) -> Result<Task> {
         let id = TaskId::new(id)?;
-        if lease_ms.is_some_and(|l| l == 0 || l > crate::config::MAX_DURATION_MS) {
+        if lease_ms.is_some_and(|l| l == 0 || l > crate::protocol::config::MAX_DURATION_MS) {
             return Err(Error::Invalid(
                 "the lease must be between 1 ms and one year".into(),
             ));
@@ -752,7 +779,7 @@ impl Coordination {
     pub fn list(&self) -> Result<Listing> {
         let dir = self.layout.tasks_dir();
         let mut out = Listing::default();
-        let rd = crate::fsroot::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        let rd = crate::protocol::fsroot::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
         for (name, _) in rd {
             let Some(name) = name.to_str() else { continue };
             if layout::is_hidden(name) {
@@ -864,7 +891,8 @@ impl Coordination {
         match store::read_bytes(&p)? {
             None => Ok(None),
             Some(b) => {
-                store::parse_versioned(&p, &b, crate::registry::AGENT_SCHEMA_VERSION).map(Some)
+                store::parse_versioned(&p, &b, crate::protocol::registry::AGENT_SCHEMA_VERSION)
+                    .map(Some)
             }
         }
     }
@@ -1084,7 +1112,7 @@ impl Txn<'_> {
             tracing::debug!("removed temp files left by a crash");
         }
         let tmp = self.c.layout.tasks_dir().join(layout::TEMP_NAME);
-        match crate::fsroot::remove_file(&tmp) {
+        match crate::protocol::fsroot::remove_file(&tmp) {
             Ok(()) => tracing::debug!("removed a temp file left by a crash"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove stale temp file", &tmp, e)),
@@ -1100,7 +1128,7 @@ impl Txn<'_> {
     /// Makes the mutation durable (one directory fsync) and appends events.
     fn finish(&mut self) -> Result<()> {
         let r = if self.tasks_dir_dirty && self.c.durable() {
-            crate::faults::point("before_dir_fsync");
+            crate::protocol::faults::point("before_dir_fsync");
             store::sync_dir(&self.c.layout.tasks_dir())
         } else {
             Ok(())
@@ -1135,8 +1163,8 @@ impl Txn<'_> {
                 // Not an intent we wrote (a symlink, a FIFO, a huge file):
                 // it names no task we can trust, so it goes.
                 tracing::warn!(path = %p.display(), %reason, "removing a batch intent that is not ours");
-                if crate::fsroot::remove_file(&p).is_err() {
-                    let _ = crate::fsroot::remove_dir_all(&p);
+                if crate::protocol::fsroot::remove_file(&p).is_err() {
+                    let _ = crate::protocol::fsroot::remove_dir_all(&p);
                 }
                 return Ok(());
             }
@@ -1154,14 +1182,14 @@ impl Txn<'_> {
         for id in &ids {
             if let Ok(id) = TaskId::new(id.as_str()) {
                 let tp = self.c.layout.task(&id);
-                match crate::fsroot::remove_file(&tp) {
+                match crate::protocol::fsroot::remove_file(&tp) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("remove", &tp, e)),
                 }
             }
         }
-        crate::fsroot::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        crate::protocol::fsroot::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
         store::sync_dir(&self.c.layout.tasks_dir())?;
         // The index may hold entries of the rolled-back tasks: superset is
         // fine, but a rebuild also resets next_seq cleanly.
@@ -1601,7 +1629,7 @@ impl Txn<'_> {
                 Ok(Some(dt)) => dt,
                 _ => continue,
             };
-            if dt.dependencies.len() >= crate::index::UNMET_MIN_DEPS
+            if dt.dependencies.len() >= crate::protocol::index::UNMET_MIN_DEPS
                 && matches!(dt.status, Status::Pending | Status::Blocked)
             {
                 let n = self.unmet_count(&dt, &overlay);
@@ -1917,17 +1945,17 @@ impl Txn<'_> {
                 c.durable(),
                 true,
             )?;
-            crate::faults::point("after_batch_intent");
+            crate::protocol::faults::point("after_batch_intent");
             for (i, t) in tasks.iter().enumerate() {
                 if i == 1 {
-                    crate::faults::point("between_batch_files");
+                    crate::protocol::faults::point("between_batch_files");
                 }
                 if let Err(e) = self.save_new_with(t, false) {
                     // Undo what was written; nothing of the batch must stay.
                     for t in &tasks[..i] {
-                        let _ = crate::fsroot::remove_file(&c.layout.task(&t.id));
+                        let _ = crate::protocol::fsroot::remove_file(&c.layout.task(&t.id));
                     }
-                    let _ = crate::fsroot::remove_file(&c.layout.batch_intent());
+                    let _ = crate::protocol::fsroot::remove_file(&c.layout.batch_intent());
                     return Err(e);
                 }
             }
@@ -1936,7 +1964,7 @@ impl Txn<'_> {
                 store::sync_dir(&c.layout.tasks_dir())?;
             }
             let p = c.layout.batch_intent();
-            crate::fsroot::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+            crate::protocol::fsroot::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
         }
         for t in &tasks {
             let e = self.event("task_created", t, None);
@@ -2038,7 +2066,7 @@ fn refuse_symlinked_dirs(layout: &Layout) -> Result<()> {
         layout.logs_dir(),
         layout.agents_dir(),
     ] {
-        if crate::fsroot::symlink_metadata(&d).is_ok_and(|m| m.is_symlink()) {
+        if crate::protocol::fsroot::symlink_metadata(&d).is_ok_and(|m| m.is_symlink()) {
             return Err(Error::corrupt(
                 &d,
                 "is a symlink; symlinks inside .coordination/ are refused, not followed",

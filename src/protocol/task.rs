@@ -2,9 +2,9 @@
 //! 5). Pure: no I/O. The transition methods check the rules and change the
 //! value; `protocol` persists the result.
 
-use crate::clock::{self, serde_ts, Timestamp};
-use crate::config::Backoff;
 use crate::error::{Error, Result};
+use crate::protocol::clock::{self, serde_ts, Timestamp};
+use crate::protocol::config::Backoff;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -576,7 +576,7 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backoff;
+    use crate::protocol::config::Backoff;
     use chrono::TimeZone;
 
     const LEASE: u64 = 60_000;

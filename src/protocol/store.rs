@@ -3,10 +3,10 @@
 //! and the `schema_version` check (section 10). The on-disk format lives
 //! here and in `task.rs`/`config.rs`.
 
-use crate::config::{Config, CONFIG_SCHEMA_VERSION};
 use crate::error::{Error, Result};
-use crate::layout::TEMP_NAME;
-use crate::task::{Task, TaskId, TASK_SCHEMA_VERSION};
+use crate::protocol::config::{Config, CONFIG_SCHEMA_VERSION};
+use crate::protocol::layout::TEMP_NAME;
+use crate::protocol::task::{Task, TaskId, TASK_SCHEMA_VERSION};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::File;
@@ -22,7 +22,7 @@ use std::path::Path;
 /// gives `0600`, so results and logs are readable by the owner only.
 pub fn file_mode_for(dir: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    let mode = crate::fsroot::open_dir(dir)
+    let mode = crate::protocol::fsroot::open_dir(dir)
         .and_then(|d| d.metadata())
         .map(|m| m.permissions().mode())
         .unwrap_or(0o755);
@@ -73,15 +73,16 @@ pub fn set_file_mode(f: &File, path: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`].
 pub fn write_plain(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = crate::fsroot::open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o600)
-        .map_err(|e| Error::io("write", path, e))?;
+    let mut f =
+        crate::protocol::fsroot::open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o600)
+            .map_err(|e| Error::io("write", path, e))?;
     set_file_mode(&f, path)?;
     f.write_all(bytes).map_err(|e| Error::io("write", path, e))
 }
 
 /// Opens `path` with the `open(2)` `flags` (and `mode` for a created file)
 /// plus `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK`, through the directory handle
-/// ([`crate::fsroot`]), and refuses anything but a regular file: a symlink
+/// ([`crate::protocol::fsroot`]), and refuses anything but a regular file: a symlink
 /// (at the end or in any directory below `.coordination/`) or a FIFO planted
 /// there is bad data, never followed and never waited on.
 ///
@@ -89,7 +90,7 @@ pub fn write_plain(path: &Path, bytes: &[u8]) -> Result<()> {
 /// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`]
 /// (with `op`) otherwise, including not found.
 pub fn open_regular(path: &Path, flags: i32, mode: u32, op: &'static str) -> Result<File> {
-    let f = crate::fsroot::open(path, flags | libc::O_NONBLOCK, mode).map_err(|e| {
+    let f = crate::protocol::fsroot::open(path, flags | libc::O_NONBLOCK, mode).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
             Error::corrupt(
                 path,
@@ -117,7 +118,7 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 fn open_nofollow(path: &Path) -> std::io::Result<File> {
     // O_NONBLOCK: a FIFO planted here must not hang the reader (it is then
     // refused as not a regular file).
-    crate::fsroot::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+    crate::protocol::fsroot::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
 }
 
 /// Reads a whole file, refusing symlinks and files over [`MAX_FILE_BYTES`].
@@ -263,7 +264,8 @@ pub fn to_pretty(value: &impl Serialize) -> Result<Vec<u8>> {
 /// [`Error::Io`].
 pub fn sync_fs(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let d = crate::fsroot::open_dir(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    let d =
+        crate::protocol::fsroot::open_dir(dir).map_err(|e| Error::io("open directory", dir, e))?;
     // SAFETY: syncfs takes a valid open descriptor, which `d` is for the
     // duration of the call.
     if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
@@ -277,7 +279,8 @@ pub fn sync_fs(dir: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`].
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    let d = crate::fsroot::open_dir(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    let d =
+        crate::protocol::fsroot::open_dir(dir).map_err(|e| Error::io("open directory", dir, e))?;
     d.sync_all()
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
@@ -325,7 +328,7 @@ pub const TEMP_DIR: &str = ".tmp";
 /// `path`, else beside `path`.
 fn temp_for(path: &Path, dir: &Path) -> std::path::PathBuf {
     let name = format!("{TEMP_NAME}-{:016x}", rand::random::<u64>());
-    match crate::fsroot::root_of(path) {
+    match crate::protocol::fsroot::root_of(path) {
         Some(root) => root.join(TEMP_DIR).join(name),
         None => dir.join(name),
     }
@@ -338,7 +341,7 @@ fn temp_for(path: &Path, dir: &Path) -> std::path::PathBuf {
 /// [`Error::Io`] when the directory cannot be listed or a file removed.
 pub fn clean_temps(root: &Path) -> Result<usize> {
     let d = root.join(TEMP_DIR);
-    let names = match crate::fsroot::read_dir(&d) {
+    let names = match crate::protocol::fsroot::read_dir(&d) {
         Ok(v) => v,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
         // Something planted in its place (a symlink, a file): it is ours
@@ -346,14 +349,14 @@ pub fn clean_temps(root: &Path) -> Result<usize> {
         // directory made again by the next write.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
             tracing::warn!(path = %d.display(), "not a directory; removing it");
-            crate::fsroot::remove_file(&d).map_err(|e| Error::io("remove", &d, e))?;
+            crate::protocol::fsroot::remove_file(&d).map_err(|e| Error::io("remove", &d, e))?;
             return Ok(1);
         }
         Err(e) => return Err(Error::io("list", &d, e)),
     };
     for (n, _) in &names {
         let p = d.join(n);
-        match crate::fsroot::remove_file(&p) {
+        match crate::protocol::fsroot::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove stale temp file", &p, e)),
@@ -419,10 +422,11 @@ fn write_once(
     how: Placement,
 ) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    crate::faults::point("before_temp_write");
+    crate::protocol::faults::point("before_temp_write");
     let result = (|| {
-        let create =
-            || crate::fsroot::open(tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600);
+        let create = || {
+            crate::protocol::fsroot::open(tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
+        };
         let created = match create() {
             // The temp directory is made on first use.
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -441,24 +445,24 @@ fn write_once(
         };
         set_file_mode(&f, path)?;
         f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
-        crate::faults::point("after_temp_write");
+        crate::protocol::faults::point("after_temp_write");
         if durable {
             f.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
         }
-        crate::faults::point("after_fsync");
+        crate::protocol::faults::point("after_fsync");
         let ours = f.metadata().map_err(|e| Error::io("stat", tmp, e))?;
         match how {
-            Placement::Replace => crate::fsroot::rename(tmp, path),
-            Placement::New => crate::fsroot::rename_noreplace(tmp, path),
+            Placement::Replace => crate::protocol::fsroot::rename(tmp, path),
+            Placement::New => crate::protocol::fsroot::rename_noreplace(tmp, path),
         }
         .map_err(|e| Error::io("rename into place", path, e))?;
-        crate::faults::point("after_rename");
-        let placed =
-            crate::fsroot::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        crate::protocol::faults::point("after_rename");
+        let placed = crate::protocol::fsroot::symlink_metadata(path)
+            .map_err(|e| Error::io("stat", path, e))?;
         Ok(placed.dev() == ours.dev() && placed.ino() == ours.ino())
     })();
     if !matches!(result, Ok(true)) {
-        let _ = crate::fsroot::remove_file(tmp);
+        let _ = crate::protocol::fsroot::remove_file(tmp);
     }
     result
 }
@@ -469,7 +473,7 @@ fn write_once(
 /// # Errors
 /// [`Error::Corrupt`] if `dir` is a symlink or not a directory; [`Error::Io`].
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    match crate::fsroot::symlink_metadata(dir) {
+    match crate::protocol::fsroot::symlink_metadata(dir) {
         Ok(m) if m.is_symlink() => Err(Error::corrupt(
             dir,
             "is a symlink; symlinks inside .coordination/ are refused",
@@ -494,7 +498,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
 pub fn create_dir(dir: &Path) -> Result<()> {
     if let Some(parent) = dir
         .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !crate::fsroot::exists(p))
+        .filter(|p| !p.as_os_str().is_empty() && !crate::protocol::fsroot::exists(p))
     {
         create_dir(parent)?;
     }
@@ -504,7 +508,7 @@ pub fn create_dir(dir: &Path) -> Result<()> {
         0o600 => 0o700,
         _ => 0o755,
     };
-    match crate::fsroot::create_dir(dir, mode) {
+    match crate::protocol::fsroot::create_dir(dir, mode) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io("create directory", dir, e)),

@@ -2,8 +2,8 @@
 //! per line under the directory lock (`spec/PROTOCOL.md` section 3.4). It is
 //! history, not state: a lost tail never loses a task.
 
-use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
+use crate::protocol::clock::{self, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -80,13 +80,13 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     }
     // A FIFO or symlink planted in place of the log must not hang or
     // redirect a writer that holds the lock.
-    let mut f = crate::store::open_regular(
+    let mut f = crate::protocol::store::open_regular(
         path,
         libc::O_RDWR | libc::O_APPEND | libc::O_CREAT,
         0o600,
         "open",
     )?;
-    crate::store::set_file_mode(&f, path)?;
+    crate::protocol::store::set_file_mode(&f, path)?;
     // A crash in the middle of an append leaves a torn last line: start on a
     // new line so that the torn one stays the only casualty.
     let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
@@ -101,8 +101,8 @@ pub fn append(path: &Path, events: &[Event]) -> Result<()> {
     for ev in events {
         let mut line = serde_json::to_vec(ev).map_err(|e| Error::Other(e.to_string()))?;
         line.push(b'\n');
-        crate::faults::point("before_event_append");
-        if crate::faults::armed("mid_event_append") {
+        crate::protocol::faults::point("before_event_append");
+        if crate::protocol::faults::armed("mid_event_append") {
             let _ = f.write_all(&line[..line.len() / 2]);
             std::process::abort();
         }
@@ -164,7 +164,7 @@ impl LogReader {
 
     /// A reader that starts at the log's current end (follow mode).
     pub fn at_end(path: &Path) -> Self {
-        let len = crate::fsroot::symlink_metadata(path)
+        let len = crate::protocol::fsroot::symlink_metadata(path)
             .map(|m| m.len())
             .unwrap_or(0);
         Self::new(path, len)
@@ -274,7 +274,7 @@ pub fn for_each(path: &Path, f: impl FnMut(Event)) -> Result<()> {
 /// # Errors
 /// [`Error::Corrupt`] for a symlink or a non-regular file; [`Error::Io`].
 pub fn open_for_reading(path: &Path) -> Result<Option<std::fs::File>> {
-    match crate::store::open_regular(path, libc::O_RDONLY, 0, "open") {
+    match crate::protocol::store::open_regular(path, libc::O_RDONLY, 0, "open") {
         Ok(f) => Ok(Some(f)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

@@ -4,11 +4,11 @@
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/>) or as
 //! JSON that also carries the Python orchestrator's field names.
 
-use crate::clock::{self, Timestamp};
 use crate::error::Result;
-use crate::events::{self, Event};
+use crate::protocol::clock::{self, Timestamp};
+use crate::protocol::events::{self, Event};
+use crate::protocol::task::Status;
 use crate::protocol::Coordination;
-use crate::task::Status;
 use chrono::DateTime;
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! collected so that a leader can be told all of them at once.
 
 use crate::error::{Error, Result};
-use crate::task::{self, NewTask};
+use crate::protocol::task::{self, NewTask};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
@@ -233,7 +233,7 @@ pub fn check_batch(tasks: &[NewTask], existing: &dyn Fn(&str) -> bool) -> Vec<St
             .filter_map(|d| idx.get(d.as_str()).copied())
             .collect()
     };
-    if let Some(c) = crate::dag::find_cycle(tasks.len(), edges) {
+    if let Some(c) = crate::protocol::dag::find_cycle(tasks.len(), edges) {
         let names: Vec<String> = c
             .iter()
             .map(|&k| {

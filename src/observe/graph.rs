@@ -1,7 +1,7 @@
 //! The task DAG as Graphviz DOT or as a Mermaid flowchart, nodes coloured by
 //! state (`spec/PROTOCOL.md` section 16.3).
 
-use crate::task::{Status, Task};
+use crate::protocol::task::{Status, Task};
 use std::fmt::Write as _;
 
 fn colour(s: Status) -> &'static str {

@@ -1,0 +1,13 @@
+//! Running agents over the protocol (`spec/PROTOCOL.md` section 13): the
+//! supervisor of `run`, `work` and `from-config` (`supervisor`), the agent
+//! adapters that start a `claude` or shell process for one attempt and
+//! read its outcome (`agent`, 13.2), and tasks files, `orchestration.json`
+//! and leader plans (`plan`, 13.3).
+//!
+//! **May use** [`crate::protocol`] (only through [`crate::Coordination`]'s
+//! operations and the task model, never the files directly) and
+//! [`crate::claude`] for the hooks' environment switch (14.5).
+
+pub mod agent;
+pub mod plan;
+pub mod supervisor;

@@ -2,43 +2,17 @@
 
 use assert_cmd::Command;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_orchestrate")
+mod common;
+use common::{bin, Env};
+
+/// `doctor --json` (with `--fix`), asserting exit `code`.
+trait Doctor {
+    fn doctor(&self, fix: bool, code: i32) -> Value;
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let e = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        e.run(&["init", "g"], 0);
-        e
-    }
-    fn coord(&self) -> PathBuf {
-        self.dir.path().join(".coordination")
-    }
-    fn run(&self, args: &[&str], code: i32) -> String {
-        let out = Command::new(bin())
-            .current_dir(self.dir.path())
-            .env_remove("COORDINATION_DIR")
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+impl Doctor for Env {
     fn doctor(&self, fix: bool, code: i32) -> Value {
         let mut args = vec!["doctor", "--json"];
         if fix {
@@ -59,7 +33,7 @@ fn kinds(r: &Value) -> Vec<String> {
 
 #[test]
 fn clean_directory_is_clean() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     e.run(&["create-task", "b", "--id", "b", "-d", "a"], 0);
     e.run(&["claim", "--agent", "x"], 0);
@@ -71,7 +45,7 @@ fn clean_directory_is_clean() {
 
 #[test]
 fn damage_is_reported_then_fixed_without_losing_a_readable_task() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     std::fs::write(
         e.coord().join("tasks/broken.json"),
@@ -126,7 +100,7 @@ fn damage_is_reported_then_fixed_without_losing_a_readable_task() {
 
 #[test]
 fn a_stale_index_is_found_and_rebuilt() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     // Lose the ready entry, as a foreign writer that ignores the index might.
     for pp in std::fs::read_dir(e.coord().join("index/ready")).unwrap() {
@@ -142,7 +116,7 @@ fn a_stale_index_is_found_and_rebuilt() {
 
 #[test]
 fn pending_task_with_a_dead_dependency_gets_blocked() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     e.run(&["create-task", "b", "--id", "b", "-d", "a"], 0);
     // Make `a` dead behind the protocol's back, as a crash in the middle of
@@ -165,7 +139,7 @@ fn pending_task_with_a_dead_dependency_gets_blocked() {
 
 #[test]
 fn a_newer_schema_file_is_a_warning_and_left_untouched() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     let p = e.coord().join("tasks/future.json");
     let body = br#"{"schema_version": 2, "id": "future", "whatever": true}"#;
@@ -186,7 +160,7 @@ fn edit_task(e: &Env, id: &str, f: impl FnOnce(&mut Value)) {
 
 #[test]
 fn a_lease_index_with_another_expiry_is_index_stale() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     e.run(&["claim", "--agent", "x"], 0);
     let leases = e.coord().join("index/leases");
@@ -207,7 +181,7 @@ fn a_lease_index_with_another_expiry_is_index_stale() {
 
 #[test]
 fn impossible_timestamps_are_invalid_fields() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     e.run(&["claim", "--agent", "x"], 0);
     edit_task(&e, "a", |v| {
@@ -219,7 +193,7 @@ fn impossible_timestamps_are_invalid_fields() {
 
 #[test]
 fn a_leftover_temp_is_a_warning_not_damage() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     std::fs::write(e.coord().join("tasks/.tmp-write"), b"half").unwrap();
     let r = e.doctor(false, 0);
@@ -231,7 +205,7 @@ fn a_leftover_temp_is_a_warning_not_damage() {
 
 #[test]
 fn reap_reports_an_unreadable_claimed_task_with_exit_65() {
-    let e = Env::new();
+    let e = Env::new("g");
     e.run(&["create-task", "a", "--id", "a"], 0);
     e.run(&["claim", "--agent", "x", "--lease", "1ms"], 0);
     std::thread::sleep(std::time::Duration::from_millis(20));

@@ -1,56 +1,14 @@
 //! Observability: JSON logs with ids, metrics against a scripted history,
 //! `watch --json`, `claim --wait`, `graph`.
 
-use assert_cmd::Command;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_orchestrate")
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let e = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        e.cmd().args(["init", "observe"]).assert().success();
-        e
-    }
-    fn coord(&self) -> PathBuf {
-        self.dir.path().join(".coordination")
-    }
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
-        c.current_dir(self.dir.path())
-            .env_remove("COORDINATION_DIR")
-            .env_remove("ORCHESTRATE_AGENT_ID")
-            .env_remove("ORCHESTRATE_LOG")
-            .env_remove("ORCHESTRATE_LOG_FORMAT")
-            .timeout(Duration::from_secs(60));
-        c
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self
-            .cmd()
-            .args(args)
-            .assert()
-            .success()
-            .get_output()
-            .clone();
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-}
+mod common;
+use common::{bin, Env};
 
 fn promtool() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
@@ -62,7 +20,7 @@ fn promtool() -> Option<PathBuf> {
 
 #[test]
 fn json_logs_parse_and_carry_task_agent_attempt_and_correlation_ids() {
-    let e = Env::new();
+    let e = Env::new("observe");
     let tasks = e.dir.path().join("t.json");
     std::fs::write(
         &tasks,
@@ -133,7 +91,7 @@ fn json_logs_parse_and_carry_task_agent_attempt_and_correlation_ids() {
 
 #[test]
 fn metrics_match_a_scripted_history_and_pass_the_real_parser() {
-    let e = Env::new();
+    let e = Env::new("observe");
     // Fast backoff so the failed task can be claimed again at once.
     let cfg = e.coord().join("config.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
@@ -229,7 +187,7 @@ fn metrics_match_a_scripted_history_and_pass_the_real_parser() {
 
 #[test]
 fn watch_json_sees_create_claim_complete_in_order() {
-    let e = Env::new();
+    let e = Env::new("observe");
     let mut child = std::process::Command::new(bin())
         .current_dir(e.dir.path())
         .env_remove("COORDINATION_DIR")
@@ -274,7 +232,7 @@ fn watch_json_sees_create_claim_complete_in_order() {
 
 #[test]
 fn claim_wait_wakes_on_create_and_times_out_with_exit_5() {
-    let e = Env::new();
+    let e = Env::new("observe");
     let start = Instant::now();
     e.cmd()
         .args(["claim", "--agent", "a", "--wait", "300ms"])
@@ -298,7 +256,7 @@ fn claim_wait_wakes_on_create_and_times_out_with_exit_5() {
 
 #[test]
 fn claim_wait_also_wakes_when_a_backoff_ends() {
-    let e = Env::new();
+    let e = Env::new("observe");
     let cfg = e.coord().join("config.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
     v["backoff"] = serde_json::json!({"base_ms": 400, "factor": 1.0, "max_ms": 400, "jitter": 0.0});
@@ -315,7 +273,7 @@ fn claim_wait_also_wakes_when_a_backoff_ends() {
 
 #[test]
 fn eight_waiters_one_task_exactly_one_claims_it() {
-    let e = Env::new();
+    let e = Env::new("observe");
     let children: Vec<_> = (0..8)
         .map(|i| {
             std::process::Command::new(bin())
@@ -359,7 +317,7 @@ fn eight_waiters_one_task_exactly_one_claims_it() {
 
 #[test]
 fn graph_of_a_fixture_dag_in_dot_and_mermaid() {
-    let e = Env::new();
+    let e = Env::new("observe");
     e.ok(&["create-task", "first", "--id", "a"]);
     e.ok(&["create-task", "second", "--id", "b", "-d", "a"]);
     e.ok(&[
@@ -415,7 +373,7 @@ fn which_dot() -> Result<PathBuf, ()> {
 
 #[test]
 fn events_filters_by_task_agent_and_since() {
-    let e = Env::new();
+    let e = Env::new("observe");
     e.ok(&["create-task", "one", "--id", "one"]);
     e.ok(&["create-task", "two", "--id", "two"]);
     e.ok(&["claim", "two", "--agent", "z"]);

@@ -26,6 +26,12 @@
 //! format and the CLI's JSON output do (`spec/PROTOCOL.md`).
 #![warn(missing_docs)]
 
+/// The README's code blocks, compiled as doctests (`cargo test --doc`), so
+/// its library example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod claude;
 pub mod error;
 pub mod observe;

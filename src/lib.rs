@@ -21,7 +21,7 @@
 //! Four parts (see `ARCHITECTURE.md`): [`protocol`] (the on-disk format and
 //! every change to it), [`run`] (workers, adapters, plans: running agents
 //! over the protocol), [`claude`] (the Claude Code hooks and settings) and
-//! [`observe`] (metrics, watching, the graph, `doctor`). The `orchestrate`
+//! [`observe`] (metrics, the graph, `doctor`). The `orchestrate`
 //! binary is a thin CLI over them. Library APIs carry no semver promise before 1.0; the on-disk
 //! format and the CLI's JSON output do (`spec/PROTOCOL.md`).
 #![warn(missing_docs)]

@@ -31,11 +31,7 @@ pub const DEFAULT_HOOK_LEASE_MS: u64 = 30 * 60 * 1000;
 /// Default bound on Stop-hook blocks in a row without progress.
 pub const DEFAULT_MAX_BLOCKS: u32 = 3;
 
-/// The environment variable that turns our hooks off: `run` and `work` set
-/// it to `off` for every process they start, so a Claude session started
-/// by a worker never has our hooks claim, hand over, block or release
-/// anything; the worker owns that task (`spec/PROTOCOL.md` section 14.5).
-pub const HOOKS_ENV: &str = "ORCHESTRATE_HOOKS";
+pub use crate::run::agent::HOOKS_ENV;
 
 /// True when our hooks must do nothing in this process: [`HOOKS_ENV`] is
 /// `off` (or `0`, `false`), or the process runs inside a worker's attempt

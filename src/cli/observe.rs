@@ -6,8 +6,8 @@ use super::tasks::open;
 use super::Global;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use orchestrate::observe::watch::ChangeWatcher;
 use orchestrate::protocol::events::{Event, LogReader};
+use orchestrate::protocol::watch::ChangeWatcher;
 use orchestrate::{
     observe::{graph, metrics},
     protocol::clock,

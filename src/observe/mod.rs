@@ -1,7 +1,6 @@
 //! Observing a queue without changing it (`spec/PROTOCOL.md` sections 15 to
-//! 17): metrics in the Prometheus text format (`metrics`, 16.2), waking on
-//! file changes (`watch`, 15), the task graph as DOT or Mermaid (`graph`,
-//! 16.3) and the consistency check with its repairs (`doctor`, 17; its
+//! 17): metrics in the Prometheus text format (`metrics`, 16.2), the task
+//! graph as DOT or Mermaid (`graph`, 16.3) and the consistency check with its repairs (`doctor`, 17; its
 //! `--fix` is the one writer here, and it goes through the protocol's lock).
 //!
 //! **May use** [`crate::protocol`].
@@ -9,4 +8,3 @@
 pub mod doctor;
 pub mod graph;
 pub mod metrics;
-pub mod watch;

@@ -7,7 +7,9 @@
 //! (`index`, 9), the event log (`events`, 3.4), the DAG checks (`dag`, 5.1),
 //! time (`clock`, 3.1, 6), `config.json` (`config`, 3.3), paths (`layout`,
 //! 2), agent records (`registry`, 3.5), directory handles (`fsroot`, 4.7),
-//! safe discovery (`trust`, 4.7) and crash points for tests (`faults`).
+//! safe discovery (`trust`, 4.7), waking on file changes for claim waiters,
+//! `watch` and `events --follow` (`watch`, 6.5, 15) and crash points for
+//! tests (`faults`).
 //!
 //! **May use** only `crate::error` and these modules; nothing here knows
 //! about `run`, `claude` or `observe`, which build on it.
@@ -30,6 +32,7 @@ pub mod registry;
 pub mod store;
 pub mod task;
 pub mod trust;
+pub mod watch;
 
 mod claim;
 mod create;
@@ -468,7 +471,7 @@ impl Coordination {
     ) -> Result<ClaimOutcome> {
         let start = std::time::Instant::now();
         // Watch before the first attempt so that no change is missed.
-        let watcher = crate::observe::watch::ChangeWatcher::for_claims(self.layout.root(), poll)?;
+        let watcher = crate::protocol::watch::ChangeWatcher::for_claims(self.layout.root(), poll)?;
         let mut try_claim = true;
         let mut next: Option<Timestamp> = None;
         loop {

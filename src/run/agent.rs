@@ -19,6 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The environment variable that turns our Claude Code hooks off
+/// ([`crate::claude::hook`] reads it): `run` and `work` set it to `off` for
+/// every process they start, so a Claude session started by a worker never
+/// has our hooks claim, hand over, block or release anything; the worker
+/// owns that task (`spec/PROTOCOL.md` section 14.5). Defined here, with the
+/// processes that set it, so that `run` does not depend on `claude`.
+pub const HOOKS_ENV: &str = "ORCHESTRATE_HOOKS";
+
 /// Bytes of output kept in a task's result: the last 64 KiB.
 pub const OUTPUT_TAIL_BYTES: u64 = 64 * 1024;
 
@@ -399,7 +407,7 @@ fn base_env(cmd: &mut Command, a: &Attempt<'_>) {
         .env("ORCHESTRATE_ATTEMPT", a.task.attempts.to_string())
         // Our Claude Code hooks do nothing in a process a worker started:
         // the worker owns the task (`spec` 14.5).
-        .env(crate::claude::hook::HOOKS_ENV, "off");
+        .env(HOOKS_ENV, "off");
     if let Some(c) = a.correlation_id {
         cmd.env("ORCHESTRATE_CORRELATION_ID", c);
     }

@@ -5,8 +5,8 @@
 //! and leader plans (`plan`, 13.3).
 //!
 //! **May use** [`crate::protocol`] (only through [`crate::Coordination`]'s
-//! operations and the task model, never the files directly) and
-//! [`crate::claude`] for the hooks' environment switch (14.5).
+//! operations and the task model, never the files directly); nothing above
+//! it (`claude` uses the data fence and handed commands from `agent`).
 
 pub mod agent;
 pub mod plan;

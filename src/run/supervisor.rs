@@ -245,7 +245,7 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
     };
     let mut lock_timeouts = 0;
     let watcher = if o.watch_files {
-        Some(crate::observe::watch::ChangeWatcher::for_claims(
+        Some(crate::protocol::watch::ChangeWatcher::for_claims(
             s.c.layout().root(),
             None,
         )?)
@@ -667,7 +667,7 @@ fn run_leader(
         let env = |cmd: &mut std::process::Command| {
             cmd.env("ORCHESTRATE_DIR", c.layout().root())
                 .env("COORDINATION_DIR", c.layout().root())
-                .env(crate::claude::hook::HOOKS_ENV, "off")
+                .env(crate::run::agent::HOOKS_ENV, "off")
                 .env("ORCHESTRATE_AGENT_ID", "leader")
                 .env("ORCHESTRATE_CORRELATION_ID", &o.run_tag);
         };

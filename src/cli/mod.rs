@@ -80,8 +80,10 @@ pub enum Command {
     Retry(tasks::IdArg),
     /// Reclaim expired leases now and print what was done
     Reap,
-    /// List tasks
+    /// List tasks (--ready: claimable now, in claim order; --blocked: what holds each back)
     List(tasks::ListArgs),
+    /// The tasks a claim could take now, in claim order (same as list --ready)
+    Ready(tasks::ReadyArgs),
     /// Show one task
     Show(tasks::IdArg),
     /// Counts per state, ready tasks, holdings per agent, oldest pending age
@@ -164,6 +166,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Retry(a) => tasks::retry(g, a),
         Command::Reap => tasks::reap(g),
         Command::List(a) => tasks::list(g, a),
+        Command::Ready(a) => tasks::list(
+            g,
+            tasks::ListArgs {
+                status: Vec::new(),
+                tag: a.tag,
+                ready: true,
+                blocked: false,
+            },
+        ),
         Command::Show(a) => tasks::show(g, a),
         Command::Status => tasks::status(g),
         Command::Reindex => tasks::reindex(g),

@@ -201,6 +201,22 @@ pub struct ListArgs {
     /// Only tasks with this tag
     #[arg(long = "tag", value_name = "T")]
     pub tag: Option<String>,
+    /// Only the tasks a claim could take now, in claim order (priority, then
+    /// creation)
+    #[arg(long, conflicts_with_all = ["status", "blocked"])]
+    pub ready: bool,
+    /// Only the tasks held back by dependencies, with the dependencies each
+    /// waits on and their state
+    #[arg(long, conflicts_with = "status")]
+    pub blocked: bool,
+}
+
+/// `orchestrate ready`.
+#[derive(Args, Debug)]
+pub struct ReadyArgs {
+    /// Only tasks with this tag
+    #[arg(long = "tag", value_name = "T")]
+    pub tag: Option<String>,
 }
 
 /// The directory from --dir / $COORDINATION_DIR / ./.coordination.
@@ -675,7 +691,22 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         .map(|s| Status::parse(s))
         .collect::<orchestrate::Result<Vec<_>>>()?;
     let c = open(g)?;
-    let listing = c.list()?;
+    let mut listing = c.list()?;
+    let mut waiting_on: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    if a.ready {
+        listing.tasks = c.ready()?;
+    } else if a.blocked {
+        let w = c.waiting()?;
+        for (t, open) in &w {
+            waiting_on.insert(
+                t.id.to_string(),
+                open.iter()
+                    .map(|(d, s)| json!({ "id": d, "status": s.map(|s| s.to_string()) }))
+                    .collect(),
+            );
+        }
+        listing.tasks = w.into_iter().map(|(t, _)| t).collect();
+    }
     let tasks: Vec<&Task> = listing
         .tasks
         .iter()
@@ -690,12 +721,50 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         output::eline(format!("orchestrate: warning: {e}"));
     }
     if g.json {
-        output::json(&json!({
+        let mut doc = json!({
             "tasks": tasks,
             "errors": listing.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-        }))?;
+        });
+        if a.blocked {
+            doc["waiting_on"] = json!(waiting_on);
+        }
+        output::json(&doc)?;
     } else if tasks.is_empty() {
-        output::line("no tasks")?;
+        output::line(if a.ready {
+            "no task is ready"
+        } else if a.blocked {
+            "no task waits on a dependency"
+        } else {
+            "no tasks"
+        })?;
+    } else if a.blocked {
+        let rows: Vec<Vec<String>> = tasks
+            .iter()
+            .map(|t| {
+                let on = waiting_on.get(t.id.as_str()).map_or_else(String::new, |v| {
+                    v.iter()
+                        .map(|d| {
+                            format!(
+                                "{} ({})",
+                                d["id"].as_str().unwrap_or_default(),
+                                d["status"].as_str().unwrap_or("missing")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                vec![
+                    t.id.to_string(),
+                    t.status.to_string(),
+                    output::truncate(&on, 50),
+                    output::truncate(&t.description, 40),
+                ]
+            })
+            .collect();
+        output::line(output::table(
+            &["ID", "STATUS", "WAITING ON", "DESCRIPTION"],
+            &rows,
+        ))?;
     } else {
         let rows: Vec<Vec<String>> = tasks
             .iter()
@@ -756,7 +825,20 @@ pub fn status(g: &Global) -> Result<u8> {
     }
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     output::line(format!("tasks: {} ({})", s.total, counts.join(", ")))?;
-    output::line(format!("ready: {}", s.ready))?;
+    if s.ready_next.is_empty() {
+        output::line(format!("ready: {}", s.ready))?;
+    } else {
+        let more = if s.ready > s.ready_next.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        output::line(format!(
+            "ready: {} (next: {}{more})",
+            s.ready,
+            s.ready_next.join(", ")
+        ))?;
+    }
     if let Some(age) = s.oldest_pending_age_ms {
         output::line(format!("oldest pending: {:.1}s", age as f64 / 1000.0))?;
     }

@@ -180,6 +180,8 @@ pub struct StatusReport {
     pub counts: BTreeMap<String, usize>,
     /// Tasks that a claim could take now.
     pub ready: usize,
+    /// The first (at most 5) of them, in claim order.
+    pub ready_next: Vec<String>,
     /// Claimed task ids per agent.
     pub agents: BTreeMap<String, Vec<String>>,
     /// Age of the oldest pending task, in milliseconds.
@@ -190,6 +192,11 @@ pub struct StatusReport {
     /// Task files that could not be read, with the reason.
     pub unreadable: Vec<String>,
 }
+
+/// A task held back by dependencies, with each dependency that is not
+/// `completed` and its status (`None`: no such task). See
+/// [`Coordination::waiting`].
+pub type Waiting = (Task, Vec<(TaskId, Option<Status>)>);
 
 /// A listing: the readable tasks (by `seq`) and the files that failed.
 #[derive(Debug, Default)]
@@ -831,6 +838,7 @@ impl Coordination {
             Status::ALL.iter().map(|s| (s.to_string(), 0)).collect();
         let mut agents: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut ready = 0;
+        let mut first_ready: Vec<&Task> = Vec::new();
         let mut oldest: Option<Timestamp> = None;
         let mut next_ready_at: Option<Timestamp> = None;
         for t in &listing.tasks {
@@ -851,23 +859,88 @@ impl Coordination {
                             Some(nb) if nb > now => {
                                 next_ready_at = Some(next_ready_at.map_or(nb, |x| x.min(nb)))
                             }
-                            _ => ready += 1,
+                            _ => {
+                                ready += 1;
+                                first_ready.push(t);
+                            }
                         }
                     }
                 }
                 _ => {}
             }
         }
+        first_ready.sort_by_key(|t| (t.priority, t.seq));
         Ok(StatusReport {
             goal: self.config.goal.clone(),
             total: listing.tasks.len(),
             counts,
             ready,
+            ready_next: first_ready
+                .iter()
+                .take(5)
+                .map(|t| t.id.to_string())
+                .collect(),
             agents,
             oldest_pending_age_ms: oldest.map(|o| clock::ms_between(o, now)),
             next_ready_at,
             unreadable: listing.errors.iter().map(|e| e.to_string()).collect(),
         })
+    }
+
+    /// The tasks a claim could take now, in claim order (`spec` 6.1: priority,
+    /// 1 first, then `seq`): `pending`, every dependency `completed`, not
+    /// backing off. Read from the task files without the lock (4.6), so it
+    /// is a snapshot; files that cannot be read are left out (`list` names
+    /// them).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `tasks/` cannot be listed.
+    pub fn ready(&self) -> Result<Vec<Task>> {
+        let listing = self.list()?;
+        let now = self.now();
+        let status: HashMap<&TaskId, Status> =
+            listing.tasks.iter().map(|t| (&t.id, t.status)).collect();
+        let mut v: Vec<Task> = listing
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.status == Status::Pending
+                    && t.not_before.is_none_or(|nb| nb <= now)
+                    && t.dependencies
+                        .iter()
+                        .all(|d| status.get(d) == Some(&Status::Completed))
+            })
+            .cloned()
+            .collect();
+        v.sort_by_key(|t| (t.priority, t.seq));
+        Ok(v)
+    }
+
+    /// The tasks held back by dependencies, each with the dependencies that
+    /// are not `completed` and their status (`None`: no such task): every
+    /// `blocked` task (a dependency failed for good, `spec` 5.6) and every
+    /// `pending` one still waiting. In `seq` order; read without the lock.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `tasks/` cannot be listed.
+    pub fn waiting(&self) -> Result<Vec<Waiting>> {
+        let listing = self.list()?;
+        let status: HashMap<&TaskId, Status> =
+            listing.tasks.iter().map(|t| (&t.id, t.status)).collect();
+        Ok(listing
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.status, Status::Pending | Status::Blocked))
+            .filter_map(|t| {
+                let open: Vec<(TaskId, Option<Status>)> = t
+                    .dependencies
+                    .iter()
+                    .map(|d| (d.clone(), status.get(d).copied()))
+                    .filter(|(_, s)| *s != Some(Status::Completed))
+                    .collect();
+                (!open.is_empty() || t.status == Status::Blocked).then(|| (t.clone(), open))
+            })
+            .collect())
     }
 
     /// Tasks currently claimed by `agent`, found through the lease index and

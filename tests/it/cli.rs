@@ -1687,3 +1687,59 @@ fn terminal_output_escapes_control_and_bidi_characters() {
         "{shown}"
     );
 }
+
+/// Issue 13 (1): `ready` (= `list --ready`) lists the claimable tasks in
+/// claim order (priority, then creation), leaving out those waiting on
+/// dependencies or backing off; `status` names the first ones; `list
+/// --blocked` says what each held-back task waits on, and in what state.
+#[test]
+fn ready_and_blocked_at_a_glance() {
+    let env = TestEnv::new();
+    env.create("a", &["--id", "a", "-p", "3"]);
+    env.create("b", &["--id", "b", "-p", "1"]);
+    env.create("c", &["--id", "c", "-d", "a"]);
+    env.create("f", &["--id", "f", "--max-attempts", "1"]);
+    env.create("g", &["--id", "g", "-d", "f", "-d", "b"]);
+    let ids = |v: &Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let snap = env.snapshot();
+    let ready = env.json(&["ready", "--json"], 0);
+    assert_eq!(ids(&ready), ["b", "a", "f"], "claim order");
+    assert_eq!(
+        ids(&env.json(&["list", "--ready", "--json"], 0)),
+        ["b", "a", "f"]
+    );
+    assert_eq!(env.snapshot(), snap, "a read changes nothing");
+    // The first unnamed claim takes the first ready task.
+    let c = env.claim("w", &[]);
+    assert_eq!(c.id, "b");
+    env.ok(&["complete", "b", "--token", &c.token_arg()]);
+    let s = env.json(&["status", "--json"], 0);
+    assert_eq!(s["ready"], 2);
+    assert_eq!(s["ready_next"], json!(["a", "f"]));
+    assert!(env.ok(&["status"]).contains("ready: 2 (next: a, f)"));
+    // f fails for good: g is blocked by it; c still waits on a.
+    let cf = env.claim("w", &["f"]);
+    env.ok(&["fail", "f", "--token", &cf.token_arg(), "--error", "no"]);
+    let b = env.json(&["list", "--blocked", "--json"], 0);
+    assert_eq!(ids(&b), ["c", "g"]);
+    assert_eq!(
+        b["waiting_on"]["c"],
+        json!([{"id": "a", "status": "pending"}])
+    );
+    assert_eq!(b["waiting_on"]["g"], json!([{"id": "f", "status": "dead"}]));
+    let human = env.ok(&["list", "--blocked"]);
+    assert!(
+        human.contains("f (dead)") && human.contains("a (pending)"),
+        "{human}"
+    );
+    assert_eq!(ids(&env.json(&["ready", "--json"], 0)), ["a"]);
+    // --ready with --status is a usage error.
+    env.expect(&["list", "--ready", "-s", "pending"], 2);
+}

@@ -90,7 +90,7 @@ pub struct RunArgs {
     #[arg(short = 't', long, env = "ORCHESTRATOR_TASK_TIMEOUT", hide_env = true, default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..), value_name = "SECONDS")]
     pub timeout: u64,
-    /// Working directory of the agents (the queue lives in DIR/.coordination unless --dir)
+    /// Working directory of the agents (the queue is the nearest .coordination/ in DIR or a parent, else a new DIR/.coordination, unless --dir)
     #[arg(short = 'C', long = "cwd", value_name = "DIR")]
     pub cwd: Option<PathBuf>,
     /// Let the leader plan the goal (default, unless --tasks is given)
@@ -390,7 +390,12 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         Some(d) => d.clone(),
         None => match std::env::var_os("COORDINATION_DIR").filter(|s| !s.is_empty()) {
             Some(d) => PathBuf::from(d),
-            None => p.working_dir.join(".coordination"),
+            // The project's queue when the working directory is inside
+            // one (as every other command finds it), else a new one there.
+            None => orchestrate::protocol::find_dir_from(
+                &std::path::absolute(&p.working_dir).unwrap_or_else(|_| p.working_dir.clone()),
+            )
+            .unwrap_or_else(|| p.working_dir.join(".coordination")),
         },
     };
     // Before anything is created: a report path that cannot be written, a

@@ -1340,16 +1340,23 @@ pub fn resolve_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("COORDINATION_DIR").filter(|s| !s.is_empty()) {
         return PathBuf::from(p);
     }
-    if let Ok(cwd) = std::env::current_dir() {
-        if let Some(found) = cwd
-            .ancestors()
-            .map(|d| d.join(layout::DEFAULT_DIR))
-            .find(|d| d.join("config.json").is_file())
-        {
-            return found;
-        }
+    if let Some(found) = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| find_dir_from(&cwd))
+    {
+        return found;
     }
     PathBuf::from(layout::DEFAULT_DIR)
+}
+
+/// The nearest initialised `.coordination/` in `start` or one of its
+/// parents (one holding `config.json`), as git finds `.git`; `None` when
+/// there is none.
+pub fn find_dir_from(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|d| d.join(layout::DEFAULT_DIR))
+        .find(|d| d.join("config.json").is_file())
 }
 
 /// The directory `init` creates: `explicit`, else `$COORDINATION_DIR`, else

@@ -353,8 +353,14 @@ impl Task {
     ///
     /// # Errors
     /// [`Error::LeaseLost`] when the token is stale or the lease expired;
-    /// [`Error::WrongState`] when the task is not claimed and the token is current.
+    /// [`Error::WrongState`] when the task is not claimed and the token is
+    /// current, or it was never claimed (fencing token 0) whatever the token.
     pub fn check_token(&self, token: u64, now: Timestamp, action: &str) -> Result<()> {
+        if self.fencing_token == 0 && self.status != Status::Claimed {
+            // Never claimed: no token was ever handed out, so nobody's lease
+            // was lost; the state is what is wrong.
+            return Err(self.wrong(action, "it was never claimed; claim it first"));
+        }
         if token != self.fencing_token {
             let detail = if token > self.fencing_token || token == 0 {
                 format!(

@@ -1743,3 +1743,57 @@ fn ready_and_blocked_at_a_glance() {
     // --ready with --status is a usage error.
     env.expect(&["list", "--ready", "-s", "pending"], 2);
 }
+
+/// From the new-user trial: `run` in a subdirectory of a project uses the
+/// project's queue (found upwards, as every other command finds it) instead
+/// of making a second one there; and `complete` of a task never claimed is
+/// a wrong state, not a "lease lost".
+#[test]
+fn run_in_a_subdirectory_uses_the_projects_queue() {
+    let env = TestEnv::new();
+    let sub = env.root().join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(
+        sub.join("t.json"),
+        r#"[{"id": "s1", "description": "from below", "command": "true"}]"#,
+    )
+    .unwrap();
+    let mut c = std::process::Command::new(crate::support::bin());
+    c.current_dir(&sub)
+        .env_remove("COORDINATION_DIR")
+        .env_remove("ORCHESTRATE_AGENT_ID")
+        .args([
+            "run",
+            "g",
+            "--adapter",
+            "shell",
+            "--no-plan",
+            "-w",
+            "1",
+            "-q",
+            "--tasks",
+            "t.json",
+        ]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !sub.join(".coordination").exists(),
+        "a second queue was made"
+    );
+    assert_eq!(env.task_json("s1")["status"], "completed");
+
+    env.create("never claimed", &["--id", "y"]);
+    let v = env.json(&["complete", "y", "--token", "1", "--json"], 4);
+    assert_eq!(v["error"]["kind"], "wrong_state", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never claimed"),
+        "{v}"
+    );
+}

@@ -291,6 +291,12 @@ impl Coordination {
                 for d in [layout.tasks_dir(), layout.logs_dir(), layout.agents_dir()] {
                     store::ensure_dir(&d)?;
                 }
+                // Keep the queue out of commits when the project is a git
+                // work tree (`spec` 2): it ignores everything, itself too.
+                store::write_plain(
+                    &layout.root().join(".gitignore"),
+                    b"# Made by `orchestrate init`: the queue is not part of the project's history.\n*\n",
+                )?;
                 let now = SystemClock.now();
                 let cfg = Config::new(goal.unwrap_or_default(), now);
                 store::write_atomic(&layout.config(), &store::to_pretty(&cfg)?, true, true)?;

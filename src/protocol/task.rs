@@ -353,16 +353,15 @@ impl Task {
     ///
     /// # Errors
     /// [`Error::LeaseLost`] when the token is stale or the lease expired;
-    /// [`Error::WrongState`] when the task is not claimed and the token is
-    /// current, or it was never claimed (fencing token 0) whatever the token.
+    /// [`Error::WrongState`] when the task is not claimed and the token is current.
     pub fn check_token(&self, token: u64, now: Timestamp, action: &str) -> Result<()> {
-        if self.fencing_token == 0 && self.status != Status::Claimed {
-            // Never claimed: no token was ever handed out, so nobody's lease
-            // was lost; the state is what is wrong.
-            return Err(self.wrong(action, "it was never claimed; claim it first"));
-        }
         if token != self.fencing_token {
-            let detail = if token > self.fencing_token || token == 0 {
+            let detail = if self.fencing_token == 0 {
+                // The kind stays `lease_lost` (a token that is not the
+                // current one, spec 6.3); the words say what happened.
+                "the task was never claimed, so no token is valid for it yet; claim it first"
+                    .to_string()
+            } else if token > self.fencing_token || token == 0 {
                 format!(
                     "no claim of this task ever returned that token (the current one is {}); use the token your claim printed",
                     self.fencing_token

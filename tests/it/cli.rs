@@ -1746,8 +1746,8 @@ fn ready_and_blocked_at_a_glance() {
 
 /// From the new-user trial: `run` in a subdirectory of a project uses the
 /// project's queue (found upwards, as every other command finds it) instead
-/// of making a second one there; and `complete` of a task never claimed is
-/// a wrong state, not a "lease lost".
+/// of making a second one there; and `complete` of a task never claimed
+/// says so (the kind stays `lease_lost`: the token is not the current one).
 #[test]
 fn run_in_a_subdirectory_uses_the_projects_queue() {
     let env = TestEnv::new();
@@ -1788,7 +1788,7 @@ fn run_in_a_subdirectory_uses_the_projects_queue() {
 
     env.create("never claimed", &["--id", "y"]);
     let v = env.json(&["complete", "y", "--token", "1", "--json"], 4);
-    assert_eq!(v["error"]["kind"], "wrong_state", "{v}");
+    assert_eq!(v["error"]["kind"], "lease_lost", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -1796,4 +1796,31 @@ fn run_in_a_subdirectory_uses_the_projects_queue() {
             .contains("never claimed"),
         "{v}"
     );
+}
+
+/// Issue 13 (7): `init` keeps the queue out of commits: `.coordination/`
+/// holds a `.gitignore` of `*`, so `git status` in the project does not
+/// list it (checked with git itself).
+#[test]
+fn init_keeps_the_queue_out_of_git() {
+    let env = TestEnv::new();
+    let ignore = std::fs::read_to_string(env.dir().join(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
+    env.create("x", &[]);
+    env.ok(&["doctor"]);
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(env.root())
+            .args(args)
+            .output()
+    };
+    let init = git(&["init", "-q"]).expect("git must be installed for this test");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let st = git(&["status", "--porcelain", "--untracked-files=all"]).unwrap();
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(!st.contains(".coordination"), "git sees the queue: {st}");
 }

@@ -626,6 +626,20 @@ fn fan_in_counter_promotes_exactly_at_the_last_dependency() {
     }
 }
 
+/// A queue of `n` tasks `d00`, `d01`, ... and a task `z` that depends on
+/// all of them.
+fn fan_in_queue(n: usize) -> TestEnv {
+    let env = TestEnv::new();
+    let mut args = vec!["--id".to_string(), "z".to_string()];
+    for i in 0..n {
+        let d = env.create("dep", &["--id", &format!("d{i:02}")]);
+        args.extend(["-d".to_string(), d]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.create("fan-in", &args);
+    env
+}
+
 /// From the break-it trial: with the index's `dependents/` lines of the
 /// last dependency deleted by hand (or the counter set too high), the
 /// dependent is still found ready by the first claim that comes up empty,
@@ -633,14 +647,7 @@ fn fan_in_counter_promotes_exactly_at_the_last_dependency() {
 #[test]
 fn a_ready_task_lost_from_the_index_is_promoted_by_an_empty_claim() {
     for damage in ["dependents", "unmet"] {
-        let env = TestEnv::new();
-        let mut args = vec!["--id".to_string(), "z".to_string()];
-        for i in 0..16 {
-            let d = env.create("dep", &["--id", &format!("d{i:02}")]);
-            args.extend(["-d".to_string(), d]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        env.create("fan-in", &args);
+        let env = fan_in_queue(16);
         for i in 0..16 {
             let d = format!("d{i:02}");
             if i == 15 {
@@ -660,14 +667,7 @@ fn a_ready_task_lost_from_the_index_is_promoted_by_an_empty_claim() {
 
 #[test]
 fn doctor_reports_a_fan_in_counter_above_the_truth() {
-    let env = TestEnv::new();
-    let mut args = vec!["--id".to_string(), "z".to_string()];
-    for i in 0..16 {
-        let d = env.create("dep", &["--id", &format!("d{i:02}")]);
-        args.extend(["-d".to_string(), d]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    env.create("fan-in", &args);
+    let env = fan_in_queue(16);
     let c = env.claim("w", &["d00"]);
     env.ok(&["complete", "d00", "--token", &c.token_arg()]);
     let unmet = env.dir().join("index/unmet/z");

@@ -60,7 +60,6 @@ use orchestrate::{ClaimOutcome, ClaimRequest, Config, Coordination, Error, NewTa
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::TestRunner;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
@@ -1267,7 +1266,7 @@ fn known_config_defect(c: &Config) -> Option<&'static str> {
 /// holds the same data (timestamps at the written millisecond precision).
 fn check_round_trip<T>(path: &Path, t1: &T, supported: u64)
 where
-    T: Serialize + DeserializeOwned + fmt::Debug,
+    T: Serialize + orchestrate::protocol::store::Versioned + fmt::Debug,
 {
     let b1 = to_pretty(t1).expect("an accepted document serialises");
     assert!(b1.ends_with(b"\n"));
@@ -2720,6 +2719,27 @@ fn regression_positional_arrays_are_accepted_for_context_and_backoff() {
         "config backoff array: {:?}",
         r.map(|c| c.map(|c| c.backoff))
     );
+}
+
+/// Found by `fuzz_config_file` (CI, 2026-12-02): `config.json` with an
+/// unknown field `context` that is not an object (`"context": false`) is
+/// valid under spec/config.schema.json (unknown fields are allowed and
+/// kept, section 10) but was refused, because the check that nested
+/// records are objects looked for task fields in every document. Expected:
+/// read, and the field kept.
+#[test]
+fn regression_config_with_an_unknown_context_field_is_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.json");
+    let text = CONFIG_FIXTURES[0]
+        .1
+        .replacen("{", "{\n  \"context\": false,", 1);
+    std::fs::write(&path, &text).expect("write");
+    let c = read_config(&path)
+        .expect("a schema-valid config is read")
+        .expect("present");
+    let again = String::from_utf8(to_pretty(&c).expect("serialises")).expect("utf-8");
+    assert!(again.contains("\"context\": false"), "{again}");
 }
 
 /// DEFECT (spec conformance): `schema_version: 0` is read as version 1.

@@ -161,6 +161,28 @@ pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
+/// A document type read with [`parse_versioned`] (task files, `config.json`,
+/// agent records).
+pub trait Versioned: DeserializeOwned {
+    /// Its fields that are nested records and must be JSON objects (or
+    /// null): serde would also take an array for a struct. Fields of other
+    /// types of document are unknown fields here, kept whatever they hold
+    /// (`spec` section 10).
+    const OBJECT_FIELDS: &'static [&'static str];
+}
+
+impl Versioned for Task {
+    const OBJECT_FIELDS: &'static [&'static str] = &["context", "backoff"];
+}
+
+impl Versioned for Config {
+    const OBJECT_FIELDS: &'static [&'static str] = &["backoff"];
+}
+
+impl Versioned for crate::protocol::registry::AgentRecord {
+    const OBJECT_FIELDS: &'static [&'static str] = &[];
+}
+
 /// Parses a versioned JSON document: checks `schema_version` before the
 /// typed parse, so that a newer major version gets [`Error::NewerSchema`]
 /// rather than a confusing field error.
@@ -169,11 +191,7 @@ pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
 /// [`Error::Corrupt`] for invalid JSON, a missing or non-integer
 /// `schema_version`, or a field that breaks the schema;
 /// [`Error::NewerSchema`] for a version above `supported`.
-pub fn parse_versioned<T: DeserializeOwned>(
-    path: &Path,
-    bytes: &[u8],
-    supported: u64,
-) -> Result<T> {
+pub fn parse_versioned<T: Versioned>(path: &Path, bytes: &[u8], supported: u64) -> Result<T> {
     let text =
         std::str::from_utf8(bytes).map_err(|e| Error::corrupt(path, format!("not UTF-8: {e}")))?;
     let value: serde_json::Value = serde_json::from_str(text)
@@ -196,7 +214,7 @@ pub fn parse_versioned<T: DeserializeOwned>(
         });
     }
     // Nested records must be objects (serde would also take arrays).
-    for key in ["context", "backoff"] {
+    for &key in T::OBJECT_FIELDS {
         if let Some(v) = value.get(key) {
             if !(v.is_object() || v.is_null()) {
                 return Err(Error::corrupt(

@@ -215,21 +215,16 @@ impl Txn<'_> {
                 NotReadyReason::NoMatch,
                 "no ready task carries the requested tags".to_string(),
             )
-        } else if let Some(t) = (!self.healed)
-            .then(|| self.first_waiting_but_ready())
-            .transpose()?
-            .flatten()
-        {
-            self.healed = true;
-            // The index lost its ready line (a hand-edited or damaged
-            // `dependents/` or `unmet/`): promote it from the task files and
-            // claim again (`spec` 9, rule 2).
-            tracing::warn!(task_id = %t.id, "a waiting task is ready but was missing from the ready index; promoting it");
-            self.c.index.add_ready(&t)?;
-            return self.claim(req, named);
-        } else if self.c.index.any_waiting(&|id| {
-            matches!(store::read_task(&self.c.layout.task(id), id), Ok(Some(t)) if t.status == Status::Pending)
-        })? {
+        } else if let Some(t) = self.first_waiting()? {
+            if !self.healed && matches!(self.readiness(&t, &HashMap::new()), Ok(Readiness::Ready)) {
+                self.healed = true;
+                // The index lost its ready line (a hand-edited or damaged
+                // `dependents/` or `unmet/`): promote it from the task files
+                // and claim again (`spec` 9, rule 2).
+                tracing::warn!(task_id = %t.id, "a waiting task is ready but was missing from the ready index; promoting it");
+                self.c.index.add_ready(&t)?;
+                return self.claim(req, named);
+            }
             (
                 NotReadyReason::WaitingOnDependencies,
                 "pending tasks are waiting on dependencies that are not completed".to_string(),
@@ -249,19 +244,15 @@ impl Txn<'_> {
         }))
     }
 
-    /// The first task of `index/waiting` that is pending, when the task
-    /// files say it is in fact ready (all dependencies completed, not
-    /// backing off): a ready line the index should have had. Only the first
-    /// pending one is judged, so an empty claim stays cheap.
-    pub(super) fn first_waiting_but_ready(&self) -> Result<Option<Task>> {
+    /// The first task of `index/waiting` that is still `pending` (the read
+    /// compacts the file, `spec` 9 rule 3), or `None`.
+    pub(super) fn first_waiting(&self) -> Result<Option<Task>> {
         let found = std::cell::RefCell::new(None);
         self.c
             .index
             .any_waiting(&|id| match store::read_task(&self.c.layout.task(id), id) {
                 Ok(Some(t)) if t.status == Status::Pending => {
-                    if matches!(self.readiness(&t, &HashMap::new()), Ok(Readiness::Ready)) {
-                        *found.borrow_mut() = Some(t);
-                    }
+                    *found.borrow_mut() = Some(t);
                     true
                 }
                 _ => false,

@@ -101,18 +101,25 @@ fn open_index_file(p: &Path, access: Access) -> Result<Option<File>> {
             if crate::protocol::fsroot::remove_file(p).is_err() {
                 let _ = crate::protocol::fsroot::remove_dir_all(p);
             }
-            if let Some(root) = p
-                .ancestors()
-                .find(|a| a.file_name().is_some_and(|n| n == "index"))
-            {
-                let _ = crate::protocol::fsroot::remove_file(&root.join("version"));
-            }
+            mark_stale(p);
             if !matches!(access, Access::Append | Access::Create) {
                 return Ok(None);
             }
         }
     }
     Err(Error::corrupt(p, "cannot be replaced by a regular file"))
+}
+
+/// Marks the index holding `p` stale (removes `index/version`), so the next
+/// mutation rebuilds it (`spec` 9, rule 4): after something planted in it
+/// was removed.
+fn mark_stale(p: &Path) {
+    if let Some(root) = p
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "index"))
+    {
+        let _ = crate::protocol::fsroot::remove_file(&root.join("version"));
+    }
 }
 
 /// Unlinks every symlink planted in place of a directory between `index/`
@@ -205,12 +212,7 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
             tracing::warn!(path = %dir.display(), "not a directory in index/; removing it and rebuilding the index");
             let _ = crate::protocol::fsroot::remove_file(dir);
-            if let Some(root) = dir
-                .ancestors()
-                .find(|a| a.file_name().is_some_and(|n| n == "index"))
-            {
-                let _ = crate::protocol::fsroot::remove_file(&root.join("version"));
-            }
+            mark_stale(dir);
             return Ok(Vec::new());
         }
         Err(e) => return Err(Error::io("list", dir, e)),

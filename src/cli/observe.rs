@@ -264,8 +264,7 @@ fn snapshot(c: &Coordination) -> Result<serde_json::Value> {
 }
 
 fn render(snap: &serde_json::Value, recent: &[Event]) -> String {
-    let mut s = String::from("\x1b[2J\x1b[H");
-    s += &format!(
+    let mut s = format!(
         "orchestrate watch   {}\n\n",
         snap["timestamp"].as_str().unwrap_or("")
     );
@@ -311,6 +310,24 @@ fn render(snap: &serde_json::Value, recent: &[Event]) -> String {
     s
 }
 
+/// The terminal's width in columns, 80 when it cannot be told.
+fn terminal_width() -> usize {
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
+        .filter(|&c| c > 0)
+        .unwrap_or(80)
+}
+
+/// Cuts every line of `s` to `cols` display columns, so that a redrawn
+/// screen never wraps (a wrapped line scrolls the view off the top).
+fn fit_width(s: &str, cols: usize) -> String {
+    s.split('\n')
+        .map(|l| output::truncate(l, cols))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
     let c = open(g)?;
     let root = c.layout().root().to_path_buf();
@@ -351,7 +368,11 @@ pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
         } else {
             if tty {
                 let v: Vec<Event> = recent.iter().cloned().collect();
-                output::text(render(&snapshot(&c)?, &v))?;
+                // Clear, home, then the view cut to the terminal's width.
+                output::text(format!(
+                    "\x1b[2J\x1b[H{}",
+                    fit_width(&render(&snapshot(&c)?, &v), terminal_width())
+                ))?;
                 std::io::stdout().flush()?;
             } else if changed {
                 let snap = snapshot(&c)?;
@@ -371,5 +392,21 @@ pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
         } else {
             Duration::from_secs(30)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_width_cuts_every_line_and_keeps_short_ones() {
+        let long = "x".repeat(200);
+        let s = fit_width(&format!("short\n{long}\n"), 120);
+        let lines: Vec<&str> = s.split('\n').collect();
+        assert_eq!(lines[0], "short");
+        assert_eq!(unicode_width::UnicodeWidthStr::width(lines[1]), 120);
+        assert!(lines[1].ends_with('…'));
+        assert_eq!(lines[2], "");
     }
 }

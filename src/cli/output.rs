@@ -148,6 +148,11 @@ fn width(s: &str) -> usize {
     unicode_width::UnicodeWidthStr::width(s)
 }
 
+/// `n` and `noun`, plural when `n` is not 1: `1 task`, `3 tasks`.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Renders rows as a left-aligned table with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
@@ -210,6 +215,8 @@ pub fn task_details(t: &Task) -> String {
     s += &format!("lease_expires: {}\n", ts(&t.lease_expires_at));
     s += &format!("not_before:    {}\n", ts(&t.not_before));
     s += &format!("created_at:    {}\n", clock::format(&t.created_at));
+    s += &format!("claimed_at:    {}\n", ts(&t.claimed_at));
+    s += &format!("completed_at:  {}\n", ts(&t.completed_at));
     if let Some(c) = &t.command {
         s += &format!("command:       {}\n", one(c));
     }
@@ -251,6 +258,13 @@ mod tests {
         assert_eq!(t, format!("{family}{family}…"));
         assert_eq!(truncate("e\u{301}e\u{301}e\u{301}", 2), "e\u{301}…");
         assert_eq!(truncate("short", 10), "short");
+    }
+
+    #[test]
+    fn count_is_singular_only_for_one() {
+        assert_eq!(count(0, "task"), "0 tasks");
+        assert_eq!(count(1, "task"), "1 task");
+        assert_eq!(count(2, "attempt"), "2 attempts");
     }
 
     #[test]

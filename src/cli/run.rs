@@ -649,9 +649,15 @@ pub fn work(g: &Global, a: WorkArgs) -> Result<u8> {
     let printed = if g.json {
         output::json(&summary)
     } else {
+        // Tasks, then attempts: "5 failed" next to "1 completed" read as
+        // five failed tasks when it was one task's five attempts.
         output::line(format!(
-            "{} completed, {} failed, {} released, {} lease lost",
-            summary.completed, summary.failed, summary.released, summary.lease_lost
+            "{} completed, {} dead ({} failed in all), {} released, {} lease lost",
+            output::count(summary.completed, "task"),
+            summary.dead,
+            output::count(summary.failed, "attempt"),
+            summary.released,
+            summary.lease_lost
         ))
     };
     if let Err(e) = printed {

@@ -885,8 +885,8 @@ pub fn doctor(g: &Global, a: DoctorArgs) -> Result<u8> {
     } else {
         if r.findings.is_empty() {
             output::line(format!(
-                "{} tasks checked; no problems found",
-                r.tasks_checked
+                "{} checked; no problems found",
+                output::count(r.tasks_checked, "task")
             ))?;
         }
         for f in &r.findings {
@@ -909,8 +909,8 @@ pub fn doctor(g: &Global, a: DoctorArgs) -> Result<u8> {
         }
         if !r.findings.is_empty() {
             output::line(format!(
-                "{} tasks checked; {}",
-                r.tasks_checked,
+                "{} checked; {}",
+                output::count(r.tasks_checked, "task"),
                 if r.clean {
                     "no damage left"
                 } else {

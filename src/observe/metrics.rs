@@ -274,7 +274,9 @@ impl Metrics {
                 let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {v}");
             }
             let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(s, "{name}_sum {}", h.sum);
+            // Whole milliseconds: the sum of many f64 seconds prints as
+            // `1.0129999999999997` otherwise.
+            let _ = writeln!(s, "{name}_sum {}", (h.sum * 1000.0).round() / 1000.0);
             let _ = writeln!(s, "{name}_count {}", h.count);
         }
         s

@@ -1031,6 +1031,22 @@ fn show_human_and_json() {
     assert!(out.contains("status:        pending"), "{out}");
     assert!(out.contains("show me") && out.contains("look here") && out.contains("t1"));
     assert_eq!(env.json(&["show", &id, "--json"], 0), env.task_json(&id));
+    assert!(
+        out.contains("claimed_at:    -\ncompleted_at:  -\n"),
+        "{out}"
+    );
+    let c = env.json(&["claim", "--agent", "a", "--json"], 0);
+    let token = c["task"]["fencing_token"].to_string();
+    env.ok(&["complete", &id, "--token", &token, "--result", "ok"]);
+    let out = env.ok(&["show", &id]);
+    let t = env.task_json(&id);
+    for field in ["claimed_at", "completed_at"] {
+        let v = t[field].as_str().expect(field);
+        assert!(
+            out.contains(&format!("{field}:")) && out.contains(v),
+            "{field} {v}: {out}"
+        );
+    }
     let v = env.json(&["show", "nope", "--json"], 3);
     assert_eq!(v["error"]["kind"], "task_not_found");
     assert_eq!(v["error"]["exit_code"], 3);

@@ -433,6 +433,23 @@ fn create_in_config(g: &Global, cfg: &Path, a: &CreateArgs) -> Result<u8> {
     let entry = Value::Object(entry);
     arr.push(entry.clone());
     let index = arr.len() - 1;
+    // The same checks `from-config` makes, now, so that a bad dependency
+    // or a cycle is refused here and the file is left as it was.
+    let queue = open(g).ok();
+    let errs = match orchestrate::run::plan::tasks_from_value(&doc) {
+        Ok(tasks) => orchestrate::run::plan::check_batch(&tasks, &|id| {
+            queue.as_ref().is_some_and(|c| c.get(id).is_ok())
+        }),
+        Err(errs) => errs,
+    };
+    if !errs.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the task cannot be added to `{}`; nothing was written:\n  {}",
+            cfg.display(),
+            errs.join("\n  ")
+        ))
+        .into());
+    }
     write_json_file(cfg, &doc)?;
     if g.json {
         output::json(&json!({ "config_file": cfg, "index": index, "task": entry }))?;

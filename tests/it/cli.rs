@@ -225,6 +225,8 @@ fn create_task_with_config_appends_to_the_file_and_not_the_queue() {
         file.to_str().unwrap(),
         "-p",
         "2",
+        "--id",
+        "s1",
     ]);
     assert!(out.contains("Task added"), "{out}");
     let v = env.json(
@@ -255,6 +257,18 @@ fn create_task_with_config_appends_to_the_file_and_not_the_queue() {
     let missing = env.root().join("nope.json");
     env.expect(&["create-task", "x", "-c", missing.to_str().unwrap()], 2);
     assert!(!missing.exists());
+
+    // The checks `from-config` would make, made now: nothing is written.
+    let bytes = std::fs::read(&file).unwrap();
+    let f = file.to_str().unwrap();
+    let v = env.json(&["create-task", "x", "-c", f, "-d", "nope", "--json"], 2);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("`nope`") && msg.contains("nothing was written"), "{msg}");
+    let out = env.expect(&["create-task", "x", "-c", f, "--id", "s3", "-d", "s3"], 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cycle"), "{err}");
+    env.expect(&["create-task", "x", "-c", f, "--id", "s1"], 2);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "a refused task changes nothing");
 }
 
 // ---------------------------------------------------------------- claim

@@ -555,6 +555,41 @@ fn install_into_a_project_without_settings_creates_them() {
 }
 
 #[test]
+fn install_warns_when_no_queue_is_found_above_the_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = |dir: &std::path::Path| {
+        Command::new(bin())
+            .current_dir(dir)
+            .env_remove("COORDINATION_DIR")
+            .args(["hooks", "install", "--scope", "local", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = install(dir.path());
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: no .coordination/ found"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["warning"].as_str().unwrap().contains("orchestrate init"));
+    assert!(dir.path().join(".claude/settings.local.json").is_file(), "installed all the same");
+
+    // With a queue above the project, no warning.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    Command::new(bin())
+        .current_dir(dir.path())
+        .env_remove("COORDINATION_DIR")
+        .args(["init", "g"])
+        .assert()
+        .success();
+    let out = install(&sub);
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["warning"], Value::Null);
+}
+
+#[test]
 fn concurrent_stop_hooks_of_one_session_claim_at_most_one_task() {
     let p = Project::new();
     for i in 0..10 {

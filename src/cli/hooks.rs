@@ -219,12 +219,28 @@ pub fn hooks(g: &Global, a: HooksArgs) -> Result<u8> {
     if action != "show" && changed {
         write_json_file(&path, &value)?;
     }
+    // The hooks find the queue as every command does; with none above the
+    // project they have nothing to hand out, which looks like a broken
+    // install. Say so now rather than leave the user to wonder.
+    let warning = (action == "install"
+        && g.dir.is_none()
+        && std::env::var_os("COORDINATION_DIR").is_none_or(|d| d.is_empty())
+        && orchestrate::protocol::find_dir_from(&project).is_none())
+    .then(|| {
+        format!(
+            "no .coordination/ found in {} or above: the hooks do nothing until you run `orchestrate init GOAL` there",
+            project.display()
+        )
+    });
+    if let Some(w) = &warning {
+        output::eline(format!("orchestrate: warning: {w}"));
+    }
     if g.json || action == "show" {
         if action == "show" && !g.json {
             output::line(serde_json::to_string_pretty(&value)?)?;
         } else {
             output::json(
-                &serde_json::json!({ "file": path, "changed": changed && action != "show", "settings": value }),
+                &serde_json::json!({ "file": path, "changed": changed && action != "show", "settings": value, "warning": warning }),
             )?;
         }
     } else {

@@ -23,6 +23,16 @@ pub enum Error {
     #[error("task `{0}` not found (see `orchestrate list`)")]
     TaskNotFound(String),
 
+    /// The task exists but has no log for the attempt asked for (never
+    /// run by an adapter, not started yet, or the log was deleted). Exit 3.
+    #[error("no log for task `{task_id}`: {detail}")]
+    LogNotFound {
+        /// The task concerned.
+        task_id: String,
+        /// Which attempt, and what to do.
+        detail: String,
+    },
+
     /// `.coordination/` (or its config) does not exist. Exit 3.
     #[error("no coordination directory at `{}`: run `orchestrate init` first, or pass --dir / set COORDINATION_DIR", .0.display())]
     NotInitialized(PathBuf),
@@ -158,7 +168,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_) => 2,
-            Error::TaskNotFound(_) | Error::NotInitialized(_) | Error::NothingReady(_) => 3,
+            Error::TaskNotFound(_)
+            | Error::LogNotFound { .. }
+            | Error::NotInitialized(_)
+            | Error::NothingReady(_) => 3,
             Error::WrongState { .. }
             | Error::LeaseLost { .. }
             | Error::IdTaken(_)
@@ -177,6 +190,7 @@ impl Error {
         match self {
             Error::Invalid(_) => "invalid",
             Error::TaskNotFound(_) => "task_not_found",
+            Error::LogNotFound { .. } => "log_not_found",
             Error::NotInitialized(_) => "not_initialized",
             Error::NothingReady(_) => "nothing_ready",
             Error::WrongState { .. } => "wrong_state",

@@ -492,6 +492,21 @@ fn a_model_that_says_task_failed_fails_the_task_with_its_reason() {
         err.contains("TASK FAILED") && err.contains("schema file is missing"),
         "{err}"
     );
+    // `logs` shows the attempt's stderr log and the CLI's reply.
+    let id = t["id"].as_str().unwrap();
+    let logs: Value = serde_json::from_str(&p.ok(&["logs", id, "--json"])).unwrap();
+    let kinds: Vec<&str> = logs["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["output", "reply"], "{logs:#}");
+    let reply: Value = serde_json::from_str(logs["files"][1]["content"].as_str().unwrap()).unwrap();
+    assert!(
+        reply["result"].as_str().unwrap().contains("TASK FAILED"),
+        "{reply:#}"
+    );
 }
 
 #[test]

@@ -568,10 +568,16 @@ fn install_warns_when_no_queue_is_found_above_the_project() {
     let out = install(dir.path());
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning: no .coordination/ found"), "{stderr}");
+    assert!(
+        stderr.contains("warning: no .coordination/ found"),
+        "{stderr}"
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["warning"].as_str().unwrap().contains("orchestrate init"));
-    assert!(dir.path().join(".claude/settings.local.json").is_file(), "installed all the same");
+    assert!(
+        dir.path().join(".claude/settings.local.json").is_file(),
+        "installed all the same"
+    );
 
     // With a queue above the project, no warning.
     let sub = dir.path().join("sub");
@@ -584,7 +590,11 @@ fn install_warns_when_no_queue_is_found_above_the_project() {
         .success();
     let out = install(&sub);
     assert!(out.status.success());
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["warning"], Value::Null);
 }

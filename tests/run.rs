@@ -621,3 +621,171 @@ fn an_agent_that_reports_its_own_task_does_not_stop_the_run() {
     assert_eq!(by_id(&r, "self")["result"], "done by myself");
     assert_eq!(by_id(&r, "next")["status"], "completed");
 }
+
+// ---------------------------------------------------------------- logs
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_failed_shell_task_says_its_last_stderr_line_and_logs_prints_each_attempt() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    let tasks = env.write(
+        "tasks.json",
+        &json!([{
+            "id": "count",
+            "description": "count words",
+            "max_attempts": 2,
+            "command": "echo \"attempt $ORCHESTRATE_ATTEMPT\"; wc -w /nope/missing; printf '\\033[31m---\\033[0m\\n\\n' >&2; exit 1"
+        }]),
+    );
+    let out = env
+        .cmd()
+        .args(["run", "g", "--adapter", "shell", "--no-plan", "--tasks"])
+        .arg(&tasks)
+        .args(["-w", "1", "-o", "report.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let reason = "exit status 1: wc: /nope/missing: No such file or directory";
+    // The error field, the progress lines, the summary, the events and the
+    // report all carry the reason, not only `exit status 1`.
+    assert_eq!(env.task("count")["error"], reason);
+    assert!(
+        progress.contains("failed   count (") && progress.contains(reason),
+        "{progress}"
+    );
+    assert!(
+        stdout_of(&out).contains(reason),
+        "summary: {}",
+        stdout_of(&out)
+    );
+    let events = std::fs::read_to_string(env.coord().join("events.jsonl")).unwrap();
+    let failed: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "task_failed")
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|e| e["error"] == reason), "{failed:?}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(env.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["tasks"][0]["error"], reason);
+
+    // `logs` prints the latest attempt, `--attempt N` an earlier one.
+    let logs = |args: &[&str]| env.cmd().arg("logs").args(args).output().unwrap();
+    let latest = logs(&["count"]);
+    assert!(latest.status.success());
+    let text = stdout_of(&latest);
+    assert!(
+        text.contains("attempt 2") && text.contains("No such file"),
+        "{text}"
+    );
+    let first = stdout_of(&logs(&["count", "--attempt", "1"]));
+    assert!(
+        first.contains("attempt 1") && !first.contains("attempt 2"),
+        "{first}"
+    );
+    let v: Value =
+        serde_json::from_slice(&logs(&["count", "--attempt", "1", "--json"]).stdout).unwrap();
+    assert_eq!(v["task_id"], "count");
+    assert_eq!(v["attempt"], 1);
+    assert_eq!(v["attempts"], 2);
+    assert_eq!(v["status"], "dead");
+    assert_eq!(v["files"][0]["path"], "logs/count.1.log");
+    assert_eq!(v["files"][0]["kind"], "output");
+    assert_eq!(v["files"][0]["content"].as_str().unwrap(), first);
+
+    // Not found: an attempt out of range, a task never attempted, an
+    // unknown task; all exit 3 with the kind in --json.
+    let bad = logs(&["count", "--attempt", "3", "--json"]);
+    assert_eq!(bad.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "log_not_found");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--attempt 1 to 2"));
+    env.cmd()
+        .args(["create-task", "later", "--id", "later"])
+        .assert()
+        .success();
+    assert_eq!(logs(&["later"]).status.code(), Some(3));
+    assert_eq!(logs(&["nope"]).status.code(), Some(3));
+    assert_eq!(logs(&["../x"]).status.code(), Some(2));
+    // A task claimed by hand has no log here.
+    env.cmd()
+        .args(["claim", "later", "--agent", "me"])
+        .assert()
+        .success();
+    let by_hand = logs(&["later"]);
+    assert_eq!(by_hand.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&by_hand.stderr).contains("only `run` and `work` write logs"));
+}
+
+#[test]
+fn logs_follow_waits_for_the_first_attempt_and_ends_with_it() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    env.cmd()
+        .args([
+            "create-task",
+            "ticks",
+            "--id",
+            "ticks",
+            "--max-attempts",
+            "1",
+            "--command",
+        ])
+        .arg("for i in 1 2 3; do echo tick $i; sleep 0.2; done; echo gone >&2; exit 3")
+        .assert()
+        .success();
+    let mut follower = std::process::Command::new(bin())
+        .current_dir(env.path())
+        .env_remove("COORDINATION_DIR")
+        .args(["logs", "ticks", "-f", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Started before the task: it waits for the first attempt.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "follow ended before the task started"
+    );
+    let start = Instant::now();
+    env.cmd()
+        .args([
+            "work",
+            "--agent",
+            "w",
+            "--adapter",
+            "shell",
+            "--until-empty",
+            "-q",
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let data: String = lines
+        .iter()
+        .filter(|l| l["type"] == "output")
+        .map(|l| l["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, "tick 1\ntick 2\ntick 3\ngone\n");
+    let end = lines.last().unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["attempt"], 1);
+    assert_eq!(end["status"], "dead");
+    assert_eq!(end["error"], "exit status 3: gone");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}

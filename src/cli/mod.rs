@@ -104,6 +104,8 @@ pub enum Command {
     Hooks(hooks::HooksArgs),
     /// Print the event log (events.jsonl), optionally following it
     Events(observe::EventsArgs),
+    /// Print (or follow with -f) the output of a task's attempt
+    Logs(observe::LogsArgs),
     /// Metrics in the Prometheus text format (or --json, or --textfile DIR)
     Metrics(observe::MetricsArgs),
     /// The task DAG as Graphviz DOT or Mermaid, coloured by state
@@ -185,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Hook(a) => hooks::hook(g, a),
         Command::Hooks(a) => hooks::hooks(g, a),
         Command::Events(a) => observe::events(g, a),
+        Command::Logs(a) => observe::logs(g, a),
         Command::Metrics(a) => observe::metrics(g, a),
         Command::Graph(a) => observe::graph(g, a),
         Command::Watch(a) => observe::watch(g, a),

@@ -38,6 +38,19 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The task
+    pub id: String,
+    /// Which attempt (1 is the first; default: the latest)
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u32>,
+    /// Keep printing the output as it is written, until the attempt ends
+    /// (waits for the first attempt of a task not started yet)
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct MetricsArgs {
     /// Write DIR/orchestrate.prom atomically (node_exporter textfile collector) instead of stdout
     #[arg(long, value_name = "DIR")]
@@ -308,6 +321,76 @@ fn render(snap: &serde_json::Value, recent: &[Event]) -> String {
         s += "\n";
     }
     s
+}
+
+pub fn logs(g: &Global, a: LogsArgs) -> Result<u8> {
+    use orchestrate::observe::logs;
+    use std::io::Read;
+    orchestrate::protocol::task::validate_name("task id", &a.id)?;
+    let c = open(g)?;
+    if a.follow {
+        let mut so = std::io::stdout().lock();
+        let mut out = |chunk: &[u8]| -> orchestrate::Result<()> {
+            let r = if g.json {
+                // JSON Lines: one object per chunk read, then an `end` line.
+                let v = json!({ "type": "output", "data": String::from_utf8_lossy(chunk) });
+                serde_json::to_writer(&mut so, &v)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| so.write_all(b"\n"))
+            } else {
+                so.write_all(chunk)
+            };
+            r.and_then(|()| so.flush())
+                .map_err(|e| orchestrate::Error::io("write", std::path::Path::new("stdout"), e))
+        };
+        let (attempt, t) = logs::follow(&c, &a.id, a.attempt, 1_000, &mut out)?;
+        if g.json {
+            output::json_line(&json!({
+                "type": "end", "task_id": t.id, "attempt": attempt, "status": t.status,
+                "error": t.error,
+            }))?;
+        } else if !g.quiet {
+            output::eline(format!(
+                "orchestrate: attempt {attempt} of {} is over: {}{}",
+                t.id,
+                t.status,
+                t.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        return Ok(0);
+    }
+    let found = logs::attempt_logs(&c, &a.id, a.attempt)?;
+    if g.json {
+        let mut files = Vec::new();
+        for f in &found.files {
+            let mut bytes = Vec::new();
+            logs::open(&c, f)?.read_to_end(&mut bytes).map_err(|e| {
+                orchestrate::Error::io("read log file", &c.layout().root().join(&f.path), e)
+            })?;
+            let mut v = serde_json::to_value(f)?;
+            v["content"] = json!(String::from_utf8_lossy(&bytes));
+            files.push(v);
+        }
+        let mut v = serde_json::to_value(&found)?;
+        v["files"] = json!(files);
+        output::json(&v)?;
+        return Ok(0);
+    }
+    let mut so = std::io::stdout().lock();
+    let many = found.files.len() > 1;
+    for (i, f) in found.files.iter().enumerate() {
+        if many {
+            // As `tail` heads several files.
+            let gap = if i == 0 { "" } else { "\n" };
+            writeln!(so, "{gap}==> {} <==", f.path)?;
+        }
+        std::io::copy(&mut logs::open(&c, f)?, &mut so)?;
+    }
+    so.flush()?;
+    Ok(0)
 }
 
 /// The terminal's width in columns, 80 when it cannot be told.

@@ -304,7 +304,8 @@ fn progress_line(p: &Progress) -> String {
                 task.max_attempts
             ),
             s => format!(
-                "{s:<8} {} ({agent_id}): {}",
+                "{:<8} {} ({agent_id}): {}",
+                s.to_string(),
                 task.id,
                 one_line(task.error.as_deref().unwrap_or(""))
             ),

@@ -55,6 +55,11 @@ impl Layout {
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// `logs/<id>.<attempt>.<ext>`: an attempt's output (`ext` `log`) or
+    /// a Claude reply (`ext` `json`) (`spec` section 13.2).
+    pub fn attempt_log(&self, id: &TaskId, attempt: u32, ext: &str) -> PathBuf {
+        self.logs_dir().join(format!("{id}.{attempt}.{ext}"))
+    }
     /// `agents/`, one file per registered agent.
     pub fn agents_dir(&self) -> PathBuf {
         self.root.join("agents")

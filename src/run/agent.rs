@@ -468,11 +468,25 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
         f.try_clone()
             .map_err(|e| Error::io("open log file", &log_path, e))
     };
-    let (err, mine) = (clone(&log)?, clone(&log)?);
+    let (err_copy, mine) = (clone(&log)?, clone(&log)?);
+    // stderr goes through a pipe that a thread copies into the same log
+    // (one open file, so one offset: nothing is overwritten), so that the
+    // last thing the command said on stderr is known: it is the reason a
+    // person wants to see next to the exit status. The price: a stderr line
+    // can land after stdout lines written at nearly the same moment.
+    let (reader, writer) =
+        std::io::pipe().map_err(|e| Error::io("create pipe for", &log_path, e))?;
+    let copier = std::thread::spawn(move || copy_stderr(reader, err_copy));
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).stdout(log).stderr(err);
+    cmd.arg("-c").arg(command).stdout(log).stderr(writer);
     base_env(&mut cmd, a);
-    let end = match run_process(cmd, a.timeout, a.cancel) {
+    let ran = run_process(cmd, a.timeout, a.cancel);
+    // run_process dropped the command, and with it our write end: the copy
+    // ends when the last process holding stderr is gone (its group was
+    // killed). A process that left the group may hold it open: do not wait
+    // for that longer than STDERR_DRAIN.
+    let last_stderr = join_within(copier, STDERR_DRAIN).flatten();
+    let end = match ran {
         Ok(end) => end,
         Err(e) => {
             let mut x = Execution::failed(e.to_string(), json!({ "exit_code": null }), log_rel);
@@ -489,15 +503,109 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
         "log_file": log_rel,
         "duration_ms": end.duration_ms,
     });
+    let error = (!ok).then(|| match (&last_stderr, end.cancelled) {
+        (Some(line), false) => format!("{}: {line}", describe_end(&end, a.timeout)),
+        _ => describe_end(&end, a.timeout),
+    });
     Ok(Execution {
         ok,
-        error: (!ok).then(|| describe_end(&end, a.timeout)),
+        error,
         result,
         log_file: log_rel,
         cancelled: end.cancelled,
         permanent: false,
         stop_run: false,
     })
+}
+
+/// How long a finished attempt waits for the rest of its stderr, when a
+/// process outside its group still holds the pipe.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
+
+/// Longest error line kept from stderr, in characters.
+const ERROR_LINE_CHARS: usize = 300;
+
+/// Copies `from` (the child's stderr) into `log` until end of file and
+/// returns the last meaningful line seen ([`meaningful`]).
+fn copy_stderr(mut from: std::io::PipeReader, mut log: File) -> Option<String> {
+    use std::io::Write;
+    let mut buf = [0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let mut last = None;
+    loop {
+        let k = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        // A full disk loses log bytes, never the child's progress: keep
+        // reading so it does not block on a full pipe.
+        let _ = log.write_all(&buf[..k]);
+        for &b in &buf[..k] {
+            if b == b'\n' {
+                if let Some(m) = meaningful(&line) {
+                    last = Some(m);
+                }
+                line.clear();
+            } else if line.len() < 64 << 10 {
+                line.push(b);
+            }
+        }
+    }
+    meaningful(&line).or(last)
+}
+
+/// The line as an error reason: trimmed, escape sequences and control
+/// characters dropped, cut to [`ERROR_LINE_CHARS`]; `None` when nothing
+/// with a letter or digit is left (blank lines, `---`, a bare `}`).
+pub fn meaningful(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let mut clean = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // CSI `ESC [ ... final byte` (colours); other escapes: one char.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if ch == '\t' {
+            clean.push(' ');
+        } else if !ch.is_control() {
+            clean.push(ch);
+        }
+    }
+    let t = clean.trim();
+    if !t.chars().any(char::is_alphanumeric) {
+        return None;
+    }
+    Some(if t.chars().count() > ERROR_LINE_CHARS {
+        let mut cut: String = t.chars().take(ERROR_LINE_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    } else {
+        t.to_string()
+    })
+}
+
+/// The thread's result if it ends within `wait`; else `None` (the thread
+/// is left to finish on its own).
+fn join_within<T: Send + 'static>(h: std::thread::JoinHandle<T>, wait: Duration) -> Option<T> {
+    let start = Instant::now();
+    while !h.is_finished() {
+        if start.elapsed() >= wait {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    h.join().ok()
 }
 
 /// Checks that the Claude binary can be run, before any task is touched.
@@ -941,6 +1049,22 @@ fn last_lines(s: &str, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::meaningful;
+
+    #[test]
+    fn meaningful_lines_skip_noise_and_drop_escapes() {
+        assert_eq!(
+            meaningful(b"  \x1b[31merror:\x1b[0m it broke\t "),
+            Some("error: it broke".into())
+        );
+        assert_eq!(meaningful(b"---"), None);
+        assert_eq!(meaningful(b"   "), None);
+        assert_eq!(meaningful(b"}"), None);
+        let long = meaningful("é".repeat(400).as_bytes()).unwrap();
+        assert_eq!(long.chars().count(), 300);
+        assert!(long.ends_with('…'));
+    }
+
     use super::*;
 
     #[test]

@@ -263,12 +263,19 @@ fn create_task_with_config_appends_to_the_file_and_not_the_queue() {
     let f = file.to_str().unwrap();
     let v = env.json(&["create-task", "x", "-c", f, "-d", "nope", "--json"], 2);
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("`nope`") && msg.contains("nothing was written"), "{msg}");
+    assert!(
+        msg.contains("`nope`") && msg.contains("nothing was written"),
+        "{msg}"
+    );
     let out = env.expect(&["create-task", "x", "-c", f, "--id", "s3", "-d", "s3"], 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cycle"), "{err}");
     env.expect(&["create-task", "x", "-c", f, "--id", "s1"], 2);
-    assert_eq!(std::fs::read(&file).unwrap(), bytes, "a refused task changes nothing");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "a refused task changes nothing"
+    );
 }
 
 // ---------------------------------------------------------------- claim

@@ -368,7 +368,7 @@ pub fn logs(g: &Global, a: LogsArgs) -> Result<u8> {
         for f in &found.files {
             let mut bytes = Vec::new();
             logs::open(&c, f)?.read_to_end(&mut bytes).map_err(|e| {
-                orchestrate::Error::io("read log file", &c.layout().root().join(&f.path), e)
+                orchestrate::Error::io("read log file", c.layout().root().join(&f.path), e)
             })?;
             let mut v = serde_json::to_value(f)?;
             v["content"] = json!(String::from_utf8_lossy(&bytes));

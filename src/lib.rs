@@ -44,5 +44,5 @@ pub use protocol::config::{Backoff, Config, Durability};
 pub use protocol::task::{Context, NewTask, Status, Task, TaskId};
 pub use protocol::{
     init_dir, resolve_dir, BatchIds, ClaimOutcome, ClaimRequest, Coordination, Listing, NotReady,
-    NotReadyReason, Reaped, StatusReport,
+    NotReadyReason, Reaped, StatusReport, TaskEdit,
 };

@@ -476,7 +476,10 @@ fn shell_adapter_records_exit_status_output_and_log_and_env() {
     let bad = by_id(&r, "bad");
     assert_eq!(bad["result"]["exit_code"], 7);
     assert_eq!(bad["result"]["output"], "oops\n");
-    assert_eq!(bad["error"], "exit status 7: oops", "the reason is the last stderr line");
+    assert_eq!(
+        bad["error"], "exit status 7: oops",
+        "the reason is the last stderr line"
+    );
 }
 
 #[test]

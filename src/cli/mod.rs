@@ -76,6 +76,8 @@ pub enum Command {
     Release(tasks::ReleaseArgs),
     /// Cancel a pending, claimed or blocked task (its dependents become blocked)
     Cancel(tasks::CancelArgs),
+    /// Change a task that is not claimed or completed (description, command, priority, dependencies, ...)
+    Edit(tasks::EditArgs),
     /// Bring a dead, cancelled or blocked task back to pending, with its blocked dependents
     Retry(tasks::IdArg),
     /// Reclaim expired leases now and print what was done
@@ -165,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Fail(a) => tasks::fail(g, a),
         Command::Release(a) => tasks::release(g, a),
         Command::Cancel(a) => tasks::cancel(g, a),
+        Command::Edit(a) => tasks::edit(g, a),
         Command::Retry(a) => tasks::retry(g, a),
         Command::Reap => tasks::reap(g),
         Command::List(a) => tasks::list(g, a),

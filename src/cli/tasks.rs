@@ -77,6 +77,63 @@ pub struct CreateArgs {
     pub config: Option<PathBuf>,
 }
 
+/// `edit ID`: the flags of `create-task`, each optional; a list flag
+/// replaces the whole list, a `--no-...` flag clears it.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The task to change (pending, blocked, dead or cancelled)
+    pub id: String,
+    /// New description
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// New priority, 1 (most urgent) to 10
+    #[arg(short, long, value_name = "N")]
+    pub priority: Option<u8>,
+    /// The dependencies, replacing the old ones (repeatable)
+    #[arg(
+        short = 'd',
+        long = "depends",
+        visible_alias = "dependency",
+        value_name = "DEP"
+    )]
+    pub depends: Vec<String>,
+    /// Remove every dependency
+    #[arg(long, conflicts_with = "depends")]
+    pub no_depends: bool,
+    /// The relevant files, replacing the old ones (repeatable)
+    #[arg(
+        short = 'f',
+        long = "files",
+        visible_alias = "file",
+        value_name = "FILE"
+    )]
+    pub files: Vec<String>,
+    /// Remove every file
+    #[arg(long, conflicts_with = "files")]
+    pub no_files: bool,
+    /// New hints for the worker
+    #[arg(long, value_name = "TEXT")]
+    pub hints: Option<String>,
+    /// Remove the hints
+    #[arg(long, conflicts_with = "hints")]
+    pub no_hints: bool,
+    /// The tags, replacing the old ones (repeatable)
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Remove every tag
+    #[arg(long, conflicts_with = "tags")]
+    pub no_tags: bool,
+    /// New shell command
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// Remove the command
+    #[arg(long, conflicts_with = "command")]
+    pub no_command: bool,
+    /// New attempt budget (at least the attempts already had)
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+}
+
 /// `--agent ID` for commands that act as an agent.
 #[derive(Debug, Args, Clone)]
 pub struct AgentId {
@@ -231,6 +288,50 @@ pub fn open(g: &Global) -> Result<Coordination> {
         c = c.with_lock_timeout_ms(t.as_millis() as u64);
     }
     Ok(c)
+}
+
+pub fn edit(g: &Global, a: EditArgs) -> Result<u8> {
+    let list = |v: &[String], clear: bool| (clear || !v.is_empty()).then(|| v.to_vec());
+    let opt = |v: &Option<String>, clear: bool| (clear || v.is_some()).then(|| v.clone());
+    let e = orchestrate::TaskEdit {
+        description: a.description.clone(),
+        command: opt(&a.command, a.no_command),
+        priority: a.priority,
+        tags: list(&a.tags, a.no_tags),
+        hints: opt(&a.hints, a.no_hints),
+        files: list(&a.files, a.no_files),
+        max_attempts: a.max_attempts,
+        dependencies: list(&a.depends, a.no_depends),
+    };
+    let c = open(g)?;
+    let (t, changed, blocked) = c.edit(&a.id, &e)?;
+    if g.json {
+        output::json(
+            &json!({ "task": t, "changed": changed, "blocked": blocked.iter().map(|b| b.id.to_string()).collect::<Vec<_>>() }),
+        )?;
+    } else if changed.is_empty() {
+        output::line(format!("{} unchanged: the edit matches what it has", t.id))?;
+    } else {
+        output::line(format!("edited {}: {}", t.id, changed.join(", ")))?;
+        if t.status == Status::Blocked {
+            output::line(format!(
+                "{} is blocked: {}; `orchestrate retry {}` once that is fixed",
+                t.id,
+                t.error.as_deref().unwrap_or("a dependency failed"),
+                t.id
+            ))?;
+        }
+        for b in &blocked {
+            output::line(format!("blocked {} (depends on {})", b.id, t.id))?;
+        }
+        if matches!(t.status, Status::Dead | Status::Cancelled) {
+            output::line(format!(
+                "{} is {}; `orchestrate retry {}` runs it again",
+                t.id, t.status, t.id
+            ))?;
+        }
+    }
+    Ok(0)
 }
 
 fn print_task(g: &Global, t: &Task, human: impl FnOnce() -> String) -> Result<u8> {

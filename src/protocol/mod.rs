@@ -36,6 +36,7 @@ pub mod watch;
 
 mod claim;
 mod create;
+mod edit;
 mod holder;
 mod propagation;
 mod reap;
@@ -56,6 +57,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use task::{NewTask, Status, Task, TaskId, DEFAULT_PRIORITY, TASK_SCHEMA_VERSION};
+
+pub use edit::TaskEdit;
 
 /// Default time to wait for the directory lock, in milliseconds.
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
@@ -761,6 +764,25 @@ impl Coordination {
     pub fn retry(&self, id: &str) -> Result<Vec<Task>> {
         let id = TaskId::new(id)?;
         self.mutate(|tx| tx.retry(&id))
+    }
+
+    /// Changes the definition of task `id` (`spec` 5.9): the fields set in
+    /// `edit`, checked as a create checks them. Returns the task as saved,
+    /// the names of the fields that changed (empty, and nothing written,
+    /// when the edit changes nothing) and the dependents that were blocked
+    /// because the task became blocked (a new dependency dead, cancelled
+    /// or blocked).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an empty edit, a bad value (empty
+    /// description, priority out of 1..=10, `max_attempts` below the
+    /// attempts had, a malformed tag or id) or an unknown dependency;
+    /// [`Error::Cycle`] when a dependency would close a cycle;
+    /// [`Error::TaskNotFound`]; [`Error::WrongState`] for a claimed or
+    /// completed task. Nothing is written on any error.
+    pub fn edit(&self, id: &str, edit: &TaskEdit) -> Result<(Task, Vec<&'static str>, Vec<Task>)> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| tx.edit(&id, edit))
     }
 
     /// Reclaims every expired lease now (`spec` 6.4). Any mutation does this

@@ -557,7 +557,7 @@ fn copy_stderr(mut from: std::io::PipeReader, mut log: File) -> Option<String> {
 }
 
 /// The line as an error reason: trimmed, escape sequences and control
-/// characters dropped, cut to [`ERROR_LINE_CHARS`]; `None` when nothing
+/// characters dropped, cut to 300 characters; `None` when nothing
 /// with a letter or digit is left (blank lines, `---`, a bare `}`).
 pub fn meaningful(line: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(line);

@@ -1041,6 +1041,167 @@ fn list_filters_and_json() {
     env.expect(&["list", "--status", "bogus"], 2);
 }
 
+// ---------------------------------------------------------------- edit
+
+#[test]
+fn edit_changes_a_waiting_task_and_claims_follow_the_new_definition() {
+    let env = TestEnv::new();
+    let a = env.create("first", &["--id", "a", "-p", "5"]);
+    let b = env.create("second", &["--id", "b", "-p", "5"]);
+    // Raising b's priority moves it ahead of the older a.
+    let v = env.json(
+        &[
+            "edit",
+            &b,
+            "-p",
+            "1",
+            "--command",
+            "make b",
+            "--tag",
+            "x",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(v["changed"], json!(["command", "priority", "tags"]));
+    let t = env.task_json(&b);
+    assert_eq!(
+        (t["priority"].as_u64(), t["command"].as_str()),
+        (Some(1), Some("make b"))
+    );
+    assert_eq!(t["context"]["tags"], json!(["x"]));
+    assert_eq!(env.json(&["ready", "--json"], 0)["tasks"][0]["id"], "b");
+    // A new dependency on a pending task makes a wait for it.
+    env.ok(&["edit", &b, "-d", &a]);
+    assert_eq!(env.task_json(&b)["dependencies"], json!(["a"]));
+    let claimed = env.claim("w", &[]);
+    assert_eq!(claimed.id, a, "b waits on a now");
+    assert_eq!(
+        env.json(&["claim", "--agent", "w2", "--json"], 3)["reason"],
+        "waiting_on_dependencies"
+    );
+    // Claimed and completed tasks are refused.
+    let v = env.json(&["edit", &a, "-p", "2", "--json"], 4);
+    assert_eq!(v["error"]["kind"], "wrong_state");
+    env.ok(&["complete", &a, "--token", &claimed.token.to_string()]);
+    env.expect(&["edit", &a, "-p", "2"], 4);
+    // b became ready when a completed, with its edited priority.
+    assert_eq!(env.claim("w", &[]).id, b);
+    let events = std::fs::read_to_string(env.dir().join("events.jsonl")).unwrap();
+    let edited: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "task_edited")
+        .collect();
+    assert_eq!(edited.len(), 2, "one event per edit");
+    assert_eq!(edited[1]["changed"], json!(["dependencies"]));
+    env.ok(&["doctor"]);
+}
+
+#[test]
+fn dropping_dependencies_of_a_fan_in_task_keeps_its_counter_safe() {
+    // 16 dependencies: the task keeps an `index/unmet/` counter (spec 9),
+    // which must not stay at 16 once 15 of them are dropped.
+    let env = TestEnv::new();
+    let deps: Vec<String> = (0..16)
+        .map(|i| env.create("dep", &["--id", &format!("d{i}")]))
+        .collect();
+    let mut args = vec!["fan", "--id", "fan", "-p", "1"];
+    for d in &deps {
+        args.extend(["-d", d.as_str()]);
+    }
+    env.create(args[0], &args[1..]);
+    let c = env.claim("w", &["d0"]);
+    env.ok(&["complete", "d0", "--token", &c.token.to_string()]);
+    env.ok(&["edit", "fan", "-d", "d0", "-d", "d1"]);
+    let c = env.claim("w", &["d1"]);
+    env.ok(&["complete", "d1", "--token", &c.token.to_string()]);
+    assert_eq!(
+        env.claim("w", &[]).id,
+        "fan",
+        "ready once its two dependencies completed"
+    );
+    env.ok(&["doctor"]);
+}
+
+#[test]
+fn a_refused_edit_writes_nothing() {
+    let env = TestEnv::new();
+    let a = env.create("a", &["--id", "a"]);
+    let b = env.create("b", &["--id", "b", "-d", "a"]);
+    let c = env.create("c", &["--id", "c", "-d", "b"]);
+    let before = env.snapshot();
+    let events = std::fs::read(env.dir().join("events.jsonl")).unwrap();
+    let cycle = env.json(&["edit", &a, "-d", &c, "--json"], 4);
+    assert_eq!(cycle["error"]["kind"], "cycle");
+    assert!(
+        cycle["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a -> c -> b -> a"),
+        "{cycle}"
+    );
+    env.expect(&["edit", &a, "-d", &a], 4);
+    let unknown = env.json(&["edit", &a, "-d", "nope", "--json"], 2);
+    assert!(unknown["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`nope`"));
+    env.expect(&["edit", &a, "-p", "11"], 2);
+    env.expect(&["edit", &a, "--description", " "], 2);
+    env.expect(&["edit", &a], 2);
+    env.expect(&["edit", &a, "--tag", "x", "--no-tags"], 2);
+    env.expect(&["edit", "nope", "-p", "1"], 3);
+    env.expect(&["edit", "../x", "-p", "1"], 2);
+    // Same values: no change, no write, no event.
+    let same = env.json(&["edit", &b, "-d", &a, "--json"], 0);
+    assert_eq!(same["changed"], json!([]));
+    assert_eq!(env.snapshot(), before, "nothing written");
+    assert_eq!(
+        std::fs::read(env.dir().join("events.jsonl")).unwrap(),
+        events
+    );
+}
+
+#[test]
+fn edit_fixes_a_dead_tasks_command_for_retry_and_a_dead_dependency_blocks() {
+    let env = TestEnv::new();
+    let bad = env.create(
+        "bad",
+        &["--id", "bad", "--max-attempts", "1", "--command", "false"],
+    );
+    let after = env.create("after", &["--id", "after"]);
+    let last = env.create("last", &["--id", "last", "-d", "after"]);
+    let c = env.claim("w", &["bad"]);
+    env.ok(&[
+        "fail",
+        &bad,
+        "--token",
+        &c.token.to_string(),
+        "--error",
+        "boom",
+    ]);
+    assert_eq!(env.task_json(&bad)["status"], "dead");
+    // Depending on a dead task blocks, and blocks what depends on it.
+    let v = env.json(&["edit", &after, "-d", &bad, "--json"], 0);
+    assert_eq!(v["task"]["status"], "blocked");
+    assert_eq!(v["blocked"], json!(["last"]));
+    assert_eq!(env.task_json(&last)["status"], "blocked");
+    // Fix the dead task's command, retry it: the blocked ones come back.
+    env.ok(&["edit", &bad, "--command", "true", "--max-attempts", "2"]);
+    let t = env.task_json(&bad);
+    assert_eq!(
+        (t["command"].as_str(), t["status"].as_str()),
+        (Some("true"), Some("dead"))
+    );
+    env.ok(&["retry", &bad]);
+    assert_eq!(env.task_json(&after)["status"], "pending");
+    assert_eq!(env.task_json(&last)["status"], "pending");
+    // An attempt budget below the attempts had is refused.
+    env.expect(&["edit", &bad, "--max-attempts", "0"], 2);
+    env.ok(&["doctor"]);
+}
+
 // ---------------------------------------------------------------- show
 
 #[test]

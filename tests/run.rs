@@ -792,3 +792,172 @@ fn logs_follow_waits_for_the_first_attempt_and_ends_with_it() {
     assert_eq!(end["error"], "exit status 3: gone");
     assert!(start.elapsed() < Duration::from_secs(20));
 }
+
+// ---------------------------------------------------------------- resume
+
+/// Starts `orchestrate ARGS` in the project, waits until task `held` is
+/// claimed, then interrupts it (SIGINT) and waits for it to end.
+fn interrupt_when_claimed(env: &Env, args: &[&str], extra_env: &[(&str, &Path)], held: &str) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.current_dir(env.path())
+        .env_remove("COORDINATION_DIR")
+        .env("ORCHESTRATE_CLAUDE_BIN", fake_claude())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let path = env.coord().join("tasks").join(format!("{held}.json"));
+    loop {
+        let claimed = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|t| t["status"] == "claimed");
+        if claimed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "`{held}` was never claimed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn the_same_tasks_file_again_resumes_the_interrupted_run_and_fresh_starts_anew() {
+    let env = Env::new();
+    let tasks = env.write(
+        "tasks.json",
+        &json!([
+            {"id": "a", "description": "a", "command": "echo a >> a.out"},
+            {"id": "b", "description": "b", "command": "test -f go || sleep 60; echo b >> b.out", "dependencies": ["a"]},
+            {"description": "no id", "command": "echo c >> c.out"}
+        ]),
+    );
+    let t = tasks.to_str().unwrap();
+    let args = [
+        "run",
+        "g",
+        "--adapter",
+        "shell",
+        "--no-plan",
+        "-w",
+        "2",
+        "--tasks",
+        t,
+    ];
+    interrupt_when_claimed(&env, &args, &[], "b");
+    assert_eq!(env.task("b")["status"], "pending", "released on interrupt");
+    assert_eq!(env.task_files().len(), 3);
+    // Fix b, then the same command: b runs, a and the task without an id
+    // (matched by its description) are not run again, nothing is created.
+    env.cmd()
+        .args(["edit", "b", "--command", "echo b >> b.out"])
+        .assert()
+        .success();
+    let out = env
+        .cmd()
+        .args(args)
+        .args(["-o", "r.json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming run run-"));
+    assert_eq!(env.task_files().len(), 3, "no task was duplicated");
+    let r = report(&env.path().join("r.json"));
+    assert_eq!(r["resumed"], true);
+    assert_eq!(r["totals"]["completed"], 3);
+    assert_eq!(
+        env.task("a")["attempts"],
+        1,
+        "a completed task is not run again"
+    );
+    for (f, text) in [("a.out", "a\n"), ("b.out", "b\n"), ("c.out", "c\n")] {
+        assert_eq!(
+            std::fs::read_to_string(env.path().join(f)).unwrap(),
+            text,
+            "{f}"
+        );
+    }
+    // Once more: everything is done, nothing runs, exit 0.
+    env.cmd().args(args).assert().success();
+    assert_eq!(
+        std::fs::read_to_string(env.path().join("a.out")).unwrap(),
+        "a\n"
+    );
+    // --fresh: a new run with new ids.
+    std::fs::write(env.path().join("go"), "").unwrap();
+    env.cmd().args(args).arg("--fresh").assert().success();
+    assert_eq!(env.task_files().len(), 6);
+    assert_eq!(
+        std::fs::read_to_string(env.path().join("a.out")).unwrap(),
+        "a\na\n"
+    );
+}
+
+#[test]
+fn the_same_goal_again_resumes_a_planned_run_without_planning_again() {
+    let env = Env::new();
+    let plan = env.path().join("plan.txt");
+    std::fs::write(
+        &plan,
+        r#"```json
+[{"id": "first", "description": "First step"},
+ {"id": "second", "description": "Second step HANG", "dependencies": ["first"]}]
+```"#,
+    )
+    .unwrap();
+    let log = env.path().join("calls.log");
+    let args = ["run", "Ship it", "-w", "1"];
+    interrupt_when_claimed(
+        &env,
+        &args,
+        &[("FAKE_CLAUDE_PLAN", &plan), ("FAKE_CLAUDE_LOG", &log)],
+        "second",
+    );
+    let leader_calls = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("call") && l.contains("task= "))
+            .count()
+    };
+    assert_eq!(leader_calls(&log), 1);
+    env.cmd()
+        .args(["edit", "second", "--description", "Second step, now quick"])
+        .assert()
+        .success();
+    let out = env
+        .cmd()
+        .args(args)
+        .args(["-o", "r.json"])
+        .env("FAKE_CLAUDE_PLAN", &plan)
+        .env("FAKE_CLAUDE_LOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(leader_calls(&log), 1, "no second plan");
+    let r = report(&env.path().join("r.json"));
+    assert_eq!(
+        (r["resumed"].as_bool(), r["planned"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(env.task_files().len(), 2);
+    assert_eq!(env.task("second")["status"], "completed");
+    assert_eq!(env.task("first")["attempts"], 1);
+}

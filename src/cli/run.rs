@@ -112,6 +112,9 @@ pub struct RunCommon {
     /// Write a JSON run report to FILE
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Start a new run with new task ids, even when an unfinished run of these tasks (or this goal) is in the queue; without it, that run is resumed
+    #[arg(long)]
+    pub fresh: bool,
     /// Which adapter runs tasks (`--agent claude|shell`, the Python tool's spelling, is accepted too)
     #[arg(
         long = "adapter",
@@ -370,7 +373,11 @@ fn summary_table(r: &RunReport) -> String {
         tt.cancelled,
         tt.unfinished,
         r.duration_ms as f64 / 1000.0,
-        if r.interrupted { " (interrupted)" } else { "" }
+        match (r.interrupted, r.resumed) {
+            (true, _) => " (interrupted; the same command resumes it)".to_string(),
+            (false, true) => format!(" (resumed run {})", r.correlation_id),
+            _ => String::new(),
+        }
     );
     s
 }
@@ -383,6 +390,7 @@ struct Plan {
     tasks: Option<Vec<orchestrate::NewTask>>,
     master_plan: Option<String>,
     output: Option<PathBuf>,
+    fresh: bool,
     spec: AgentSpec,
 }
 
@@ -445,8 +453,17 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
             .into());
         }
     }
-    let run_id = supervisor::new_run_id();
     let (c, _) = Coordination::init(&dir, Some(p.goal.clone()))?;
+    // The same command again continues its unfinished run (spec 13.5).
+    let resume = if p.fresh {
+        None
+    } else {
+        orchestrate::run::resume::find(&c, &p.goal, p.tasks.as_deref())?
+    };
+    let run_id = resume
+        .as_ref()
+        .map(|r| r.run_id.clone())
+        .unwrap_or_else(supervisor::new_run_id);
     let mut c = c.with_correlation_id(Some(run_id.clone()));
     if let Some(t) = g.lock_timeout {
         c = c.with_lock_timeout_ms(t.as_millis() as u64);
@@ -460,6 +477,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         tasks: p.tasks,
         master_plan: p.master_plan,
         run_tag: run_id,
+        resume,
         idle_poll_ms: 500,
     };
     install_interrupt_handler();
@@ -564,6 +582,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
             tasks,
             master_plan: None,
             output: a.common.output,
+            fresh: a.common.fresh,
             spec: a.common.adapter.spec(kind, None),
         },
     )
@@ -605,6 +624,7 @@ pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
             tasks,
             master_plan: rf.master_plan,
             output: a.common.output,
+            fresh: a.common.fresh,
             spec: a.common.adapter.spec(kind, rf.model),
         },
     )

@@ -60,6 +60,10 @@ impl Layout {
     pub fn attempt_log(&self, id: &TaskId, attempt: u32, ext: &str) -> PathBuf {
         self.logs_dir().join(format!("{id}.{attempt}.{ext}"))
     }
+    /// `runs/`, one record per run (`spec` section 13.5).
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
     /// `agents/`, one file per registered agent.
     pub fn agents_dir(&self) -> PathBuf {
         self.root.join("agents")

@@ -29,6 +29,7 @@ pub(crate) mod index;
 pub mod layout;
 pub mod lock;
 pub mod registry;
+pub mod runs;
 pub mod store;
 pub mod task;
 pub mod trust;

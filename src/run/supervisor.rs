@@ -539,6 +539,10 @@ pub struct RunOptions {
     pub master_plan: Option<String>,
     /// Tag every task of the run carries, so its workers claim only its tasks.
     pub run_tag: String,
+    /// An earlier run to continue ([`crate::run::resume::find`]); its
+    /// `run_id` must be `run_tag`. No planning then, and only its
+    /// `to_create` tasks are created.
+    pub resume: Option<crate::run::resume::Resume>,
     /// Longest idle sleep of a worker, in milliseconds.
     pub idle_poll_ms: u64,
 }
@@ -610,6 +614,9 @@ pub struct RunReport {
     pub interrupted: bool,
     /// True when every task completed.
     pub success: bool,
+    /// True when this run continued an earlier, unfinished one with the
+    /// same id (`spec` 13.5) instead of creating its tasks.
+    pub resumed: bool,
     /// Counts.
     pub totals: Totals,
     /// One entry per task, in creation order.
@@ -741,11 +748,39 @@ pub fn run(
     if o.agent.kind == AgentKind::Claude {
         agent::check_claude(&o.agent.claude)?;
     }
-    let (mut specs, planned) = match &o.tasks {
-        Some(t) => (t.clone(), false),
-        None => (run_leader(c, o, progress)?, true),
+    let planned = o.tasks.is_none();
+    let (mut specs, kept) = match (&o.resume, &o.tasks) {
+        (Some(r), _) => {
+            let counts: Vec<String> = r
+                .counts(c)?
+                .iter()
+                .map(|(st, n)| format!("{n} {st}"))
+                .collect();
+            progress(Progress::Note(format!(
+                "resuming run {} ({}): finished tasks are not run again; --fresh starts a new run{}",
+                r.run_id,
+                counts.join(", "),
+                if r.to_create.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} new task(s) from the file", r.to_create.len())
+                }
+            )));
+            for n in &r.notes {
+                progress(Progress::Note(n.clone()));
+            }
+            (r.to_create.clone(), r.tasks.clone())
+        }
+        (None, Some(t)) => (t.clone(), Vec::new()),
+        (None, None) => {
+            record(c, o, planned);
+            (run_leader(c, o, progress)?, Vec::new())
+        }
     };
-    if specs.is_empty() {
+    if o.resume.is_none() && !planned {
+        record(c, o, planned);
+    }
+    if specs.is_empty() && kept.is_empty() {
         return Err(Error::Invalid(
             "no tasks to run: pass --tasks FILE or let the leader plan".into(),
         ));
@@ -761,8 +796,12 @@ pub fn run(
         s.context.tags.push(o.run_tag.clone());
     }
     let keys: Vec<Option<String>> = specs.iter().map(|s| s.id.clone()).collect();
-    let created = c.create_batch(specs, BatchIds::LocalKeys)?;
-    progress(Progress::Created(created.len()));
+    let created = if specs.is_empty() {
+        Vec::new()
+    } else {
+        c.create_batch(specs, BatchIds::LocalKeys)?
+    };
+    progress(Progress::Created(kept.len() + created.len()));
     for (key, t) in keys.iter().zip(&created) {
         if let Some(k) = key.as_deref().filter(|k| *k != t.id.as_str()) {
             progress(Progress::Note(format!(
@@ -771,7 +810,10 @@ pub fn run(
             )));
         }
     }
-    let ids: Vec<TaskId> = created.iter().map(|t| t.id.clone()).collect();
+    let ids: Vec<TaskId> = kept
+        .into_iter()
+        .chain(created.iter().map(|t| t.id.clone()))
+        .collect();
 
     let shared = Shared {
         c,
@@ -899,9 +941,18 @@ pub fn run(
         duration_ms: start.elapsed().as_millis() as u64,
         interrupted: interrupted(),
         success: totals.completed == totals.total && !interrupted(),
+        resumed: o.resume.is_some(),
         totals,
         tasks,
     })
+}
+
+/// Writes the run record (`spec` 13.5). It is history: a run that cannot
+/// write it goes on, and only cannot be resumed by its goal.
+fn record(c: &Coordination, o: &RunOptions, planned: bool) {
+    if let Err(e) = c.record_run(&o.run_tag, &o.goal, planned) {
+        tracing::warn!(error = %e, "could not write the run record; this run cannot be resumed by its goal");
+    }
 }
 
 /// Tasks carrying `tag` that are pending or claimed and not in `known`

@@ -52,6 +52,9 @@ pub struct Global {
     /// Log format on stderr: text or json [env: ORCHESTRATE_LOG_FORMAT]
     #[arg(long, global = true, env = "ORCHESTRATE_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"], value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// On network and FUSE file systems (NFS, GlusterFS, CephFS, SMB...), do not look again every 500 ms while waiting: only changes made on this host wake a waiter
+    #[arg(long, global = true)]
+    pub no_poll: bool,
     /// How long to wait for the directory lock, e.g. 10s, 500ms
     #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub lock_timeout: Option<std::time::Duration>,
@@ -158,6 +161,9 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
+    if g.no_poll {
+        orchestrate::protocol::watch::set_shared_mount_polling(false);
+    }
     match cli.command {
         Command::Init(a) => tasks::init(g, a),
         Command::CreateTask(a) => tasks::create(g, a),

@@ -20,6 +20,61 @@ pub const DEFAULT_POLL_MS: u64 = 500;
 pub struct ChangeWatcher {
     source: Source,
     polling: bool,
+    /// On a network or FUSE file system, where changes made by other
+    /// clients raise no event here: the longest a wait goes without
+    /// looking again (spec 15.2).
+    recheck: Option<Duration>,
+}
+
+static SHARED_MOUNT_POLLING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the automatic re-check on network and FUSE file systems on
+/// (`true`, the default) or off (`--no-poll`): then only local changes
+/// wake a waiter there (spec 15.2).
+pub fn set_shared_mount_polling(on: bool) {
+    SHARED_MOUNT_POLLING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `statfs(2)` `f_type` of file systems whose other clients' changes
+/// raise no inotify event on this host (values from `statfs(2)` and
+/// `linux/magic.h`): NFS, FUSE (GlusterFS, sshfs, ceph-fuse...), SMB/CIFS,
+/// Ceph, 9p, AFS, Coda, OCFS2, GFS2, Lustre, OrangeFS.
+const SHARED_FS_MAGIC: [(u64, &str); 12] = [
+    (0x6969, "nfs"),
+    (0x6573_5546, "fuse"),
+    (0xFF53_4D42, "cifs"),
+    (0xFE53_4D42, "smb2"),
+    (0x517B, "smb"),
+    (0x00C3_6400, "ceph"),
+    (0x0102_1997, "9p"),
+    (0x5346_414F, "afs"),
+    (0x7375_7245, "coda"),
+    (0x7461_636F, "ocfs2"),
+    (0x0116_1970, "gfs2"),
+    (0x0BD0_0BD0, "lustre"),
+];
+
+/// The name of the shared (network or FUSE) file system `dir` is on, from
+/// its `statfs(2)` `f_type`; `None` for a local one or when it cannot be
+/// told.
+pub fn shared_fs_kind(dir: &Path) -> Option<&'static str> {
+    let st = rustix::fs::statfs(dir).ok()?;
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 by target
+    let magic = st.f_type as u64 & 0xFFFF_FFFF;
+    SHARED_FS_MAGIC
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, n)| *n)
+}
+
+fn recheck_for(dirs: &[PathBuf], poll: Option<Duration>) -> Option<Duration> {
+    if poll.is_some() || !SHARED_MOUNT_POLLING.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let kind = dirs.iter().find_map(|d| shared_fs_kind(d))?;
+    tracing::debug!(fs = kind, "shared file system: looking again every {DEFAULT_POLL_MS} ms as well");
+    Some(Duration::from_millis(DEFAULT_POLL_MS))
 }
 
 enum Source {
@@ -91,6 +146,7 @@ impl ChangeWatcher {
                                 _watcher: Box::new(w),
                             },
                             polling: false,
+                            recheck: recheck_for(dirs, poll),
                         });
                     }
                 }
@@ -113,6 +169,7 @@ impl ChangeWatcher {
                 _watcher: Box::new(w),
             },
             polling: true,
+            recheck: None,
         })
     }
 
@@ -152,6 +209,7 @@ impl ChangeWatcher {
                     return Ok(ChangeWatcher {
                         source: Source::Inotify(std::sync::Mutex::new(ino)),
                         polling: false,
+                        recheck: recheck_for(&dirs, poll),
                     })
                 }
                 Err(e) => tracing::debug!(error = %e, "inotify unavailable; using notify"),
@@ -165,10 +223,29 @@ impl ChangeWatcher {
         self.polling
     }
 
+    /// True when this watcher also looks again on its own because the
+    /// directory is on a network or FUSE file system (spec 15.2).
+    pub fn rechecks(&self) -> bool {
+        self.recheck.is_some()
+    }
+
     /// Blocks until a change is seen or `timeout` passes; returns whether a
     /// change was seen. Notifications already queued are drained, so one
-    /// burst of changes wakes the caller once.
+    /// burst of changes wakes the caller once. On a network or FUSE file
+    /// system ([`ChangeWatcher::rechecks`]), a wait longer than the
+    /// re-check interval ends after it with `true` ("look again"), since
+    /// other hosts' changes raise no event here.
     pub fn wait(&self, timeout: Duration) -> bool {
+        match self.recheck {
+            Some(r) if timeout > r => {
+                self.wait_events(r);
+                true
+            }
+            _ => self.wait_events(timeout),
+        }
+    }
+
+    fn wait_events(&self, timeout: Duration) -> bool {
         match &self.source {
             Source::Notify { rx, .. } => {
                 let changed = match rx.recv_timeout(timeout) {
@@ -271,4 +348,32 @@ fn drain_inotify(ino: &std::sync::Mutex<inotify::Inotify>) -> bool {
 /// The directories a claim waiter watches: `tasks/` (new and changed tasks).
 pub fn claim_dirs(root: &Path) -> Vec<PathBuf> {
     vec![root.join("tasks")]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_directory_is_not_shared_and_gets_no_recheck() {
+        let d = tempfile::tempdir().unwrap();
+        // /tmp is tmpfs or the root file system here, never a network one.
+        assert_eq!(shared_fs_kind(d.path()), None);
+        assert_eq!(recheck_for(&[d.path().to_path_buf()], None), None);
+        let w = ChangeWatcher::new(&[d.path().to_path_buf()], None).unwrap();
+        assert!(!w.rechecks());
+        let t = std::time::Instant::now();
+        assert!(!w.wait(Duration::from_millis(700)), "no change, no recheck");
+        assert!(t.elapsed() >= Duration::from_millis(650));
+    }
+
+    #[test]
+    fn proc_is_recognised_by_its_magic_as_local() {
+        // PROC_SUPER_MAGIC 0x9fa0 is in no list: the check reads f_type.
+        let st = rustix::fs::statfs("/proc").unwrap();
+        #[allow(clippy::unnecessary_cast)]
+        let magic = st.f_type as u64;
+        assert_eq!(magic, 0x9fa0);
+        assert_eq!(shared_fs_kind(Path::new("/proc")), None);
+    }
 }

@@ -1,6 +1,7 @@
 //! Time: the one place where "now" comes from and where timestamps are
-//! formatted, so that every comparison can later move to a skew-free clock
-//! (DESIGN.md section 6).
+//! formatted. A mutation's "now" is the file server's clock
+//! ([`server_now`]), so every host that shares a directory measures leases
+//! with the same clock (DESIGN.md section 6, `spec` 6.6).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -55,6 +56,29 @@ impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         DateTime::from_timestamp_millis(self.millis.load(Ordering::SeqCst)).unwrap_or_default()
     }
+}
+
+/// The file server's clock (`spec` 6.6, DESIGN.md section 6): writes one
+/// byte at offset 0 of `f` (the directory's `clock` file, held open, under
+/// the lock) and returns the file's modification time as the server set it,
+/// cut to whole milliseconds. On a local file system that is the kernel's
+/// clock; on NFS, GlusterFS (with `features.ctime off`) or CephFS it is the
+/// server's, the same for every host, so no client's clock can cut a lease
+/// short or keep it alive. The time is read with a raw `fstat` system call
+/// (rustix), never through a C library that could be interposed.
+///
+/// # Errors
+/// [`crate::Error::Io`] when the write or the `fstat` fails.
+pub fn server_now(f: &std::fs::File, path: &std::path::Path) -> crate::Result<Timestamp> {
+    rustix::io::pwrite(f, b"\n", 0)
+        .map_err(|e| crate::Error::io("write the clock file", path, e.into()))?;
+    let st = rustix::fs::fstat(f)
+        .map_err(|e| crate::Error::io("stat the clock file", path, e.into()))?;
+    #[allow(clippy::unnecessary_cast)] // the field types differ by target
+    let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
+    let ms = secs.saturating_mul(1000).saturating_add(nanos / 1_000_000);
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| crate::Error::corrupt(path, "has a modification time no timestamp can hold"))
 }
 
 /// Formats `t` as the spec's timestamp form: RFC 3339, UTC, milliseconds,

@@ -31,6 +31,11 @@ impl Layout {
     pub fn lock(&self) -> PathBuf {
         self.root.join("lock")
     }
+    /// `clock`: written by every mutation under the lock; its mtime is the
+    /// mutation's "now" (`spec` section 6.6).
+    pub fn clock(&self) -> PathBuf {
+        self.root.join("clock")
+    }
     /// `events.jsonl`, the append-only history.
     pub fn events(&self) -> PathBuf {
         self.root.join("events.jsonl")

@@ -70,6 +70,10 @@ pub struct Coordination {
     layout: Layout,
     config: Config,
     clock: Arc<dyn Clock>,
+    /// The open `clock` file whose mtime is a mutation's "now" (`spec`
+    /// 6.6), opened by the first mutation; `None` once [`Coordination::with_clock`]
+    /// gave another clock (tests).
+    server_clock: Option<Arc<std::sync::OnceLock<std::fs::File>>>,
     lock_timeout: Duration,
     correlation_id: Option<String>,
     index: Index,
@@ -301,7 +305,17 @@ impl Coordination {
                     &layout.root().join(".gitignore"),
                     b"# Made by `orchestrate init`: the queue is not part of the project's history.\n*\n",
                 )?;
-                let now = SystemClock.now();
+                // The clock file every mutation writes (`spec` 6.6), made
+                // here with the rest, so that its owner and mode are the
+                // directory's like the lock's.
+                let clock_path = layout.clock();
+                let clock_file = store::open_regular(
+                    &clock_path,
+                    libc::O_RDWR | libc::O_CREAT,
+                    store::file_mode_for(layout.root()),
+                    "create the clock file",
+                )?;
+                let now = clock::server_now(&clock_file, &clock_path)?;
                 let cfg = Config::new(goal.unwrap_or_default(), now);
                 store::write_atomic(&layout.config(), &store::to_pretty(&cfg)?, true, true)?;
                 if let Err(e) = events::append(&layout.events(), &[Event::new("initialized", now)])
@@ -345,6 +359,7 @@ impl Coordination {
             layout,
             config,
             clock: Arc::new(SystemClock),
+            server_clock: Some(Arc::new(std::sync::OnceLock::new())),
             lock_timeout: Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
             correlation_id: std::env::var("ORCHESTRATE_CORRELATION_ID")
                 .ok()
@@ -357,7 +372,31 @@ impl Coordination {
     /// Uses `clock` for every time decision.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.server_clock = None;
         self
+    }
+
+    /// A mutation's "now", taken holding the lock: the file server's clock
+    /// (the mtime of `clock` after a write, `spec` 6.6), or the clock given
+    /// to [`Coordination::with_clock`].
+    fn mutation_now(&self) -> Result<Timestamp> {
+        let Some(cell) = &self.server_clock else {
+            return Ok(self.clock.now());
+        };
+        let path = self.layout.clock();
+        let f = match cell.get() {
+            Some(f) => f,
+            None => {
+                let f = store::open_regular(
+                    &path,
+                    libc::O_RDWR | libc::O_CREAT,
+                    store::file_mode_for(self.layout.root()),
+                    "open the clock file",
+                )?;
+                cell.get_or_init(|| f)
+            }
+        };
+        clock::server_now(f, &path)
     }
 
     /// Waits at most `ms` milliseconds for the directory lock.
@@ -399,7 +438,7 @@ impl Coordination {
         let guard = lock::acquire(&self.layout.lock(), self.lock_timeout)?;
         let mut tx = Txn {
             c: self,
-            now: self.clock.now(),
+            now: self.mutation_now()?,
             events: Vec::new(),
             tasks_dir_dirty: false,
             reaped: Vec::new(),

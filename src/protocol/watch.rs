@@ -73,7 +73,10 @@ fn recheck_for(dirs: &[PathBuf], poll: Option<Duration>) -> Option<Duration> {
         return None;
     }
     let kind = dirs.iter().find_map(|d| shared_fs_kind(d))?;
-    tracing::debug!(fs = kind, "shared file system: looking again every {DEFAULT_POLL_MS} ms as well");
+    tracing::debug!(
+        fs = kind,
+        "shared file system: looking again every {DEFAULT_POLL_MS} ms as well"
+    );
     Some(Duration::from_millis(DEFAULT_POLL_MS))
 }
 
@@ -108,7 +111,7 @@ fn relevant(ev: &notify::Result<notify::Event>) -> bool {
             }
             e.paths.iter().any(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !name.starts_with('.') && name != "lock"
+                !name.starts_with('.') && name != "lock" && name != "clock"
             })
         }
     }
@@ -329,7 +332,10 @@ fn drain_inotify(ino: &std::sync::Mutex<inotify::Inotify>) -> bool {
                             | EventMask::DELETE_SELF
                             | EventMask::MOVE_SELF
                             | EventMask::IGNORED,
-                    ) || (!name.is_empty() && !name.starts_with(b".") && name != b"lock")
+                    ) || (!name.is_empty()
+                        && !name.starts_with(b".")
+                        && name != b"lock"
+                        && name != b"clock")
                     {
                         changed = true;
                     }

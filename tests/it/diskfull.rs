@@ -367,6 +367,8 @@ fn unwritable_tasks_directory_fails_with_74_at_the_task_write() {
     let chown =
         |p: &std::path::Path| std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
     chown(&env.dir().join("lock"));
+    // The clock file every mutation writes under the lock (spec 6.6).
+    chown(&env.dir().join("clock"));
     fn walk(p: &std::path::Path, f: &dyn Fn(&std::path::Path)) {
         f(p);
         if p.is_dir() {

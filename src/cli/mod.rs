@@ -1,6 +1,7 @@
 //! Argument parsing (clap derive; doc comments are the `--help` text) and
 //! dispatch. Commands call the library and hand data to `output`.
 
+mod discoveries;
 mod exit;
 mod hooks;
 mod logging;
@@ -88,6 +89,10 @@ pub enum Command {
     Show(tasks::IdArg),
     /// Counts per state, ready tasks, holdings per agent, oldest pending age
     Status,
+    /// Record a discovery: something found that the other agents should know
+    Discover(discoveries::DiscoverArgs),
+    /// List the discoveries agents recorded (discoveries.json), oldest first
+    Discoveries(discoveries::DiscoveriesArgs),
     /// Rebuild the derived claim index from the task files
     Reindex,
     /// Check every file against the spec; --fix repairs what can be repaired (exit 65: damage left)
@@ -178,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Show(a) => tasks::show(g, a),
         Command::Status => tasks::status(g),
         Command::Reindex => tasks::reindex(g),
+        Command::Discover(a) => discoveries::discover(g, a),
+        Command::Discoveries(a) => discoveries::discoveries(g, a),
         Command::Doctor(a) => tasks::doctor(g, a),
         Command::Run(a) => run::run(g, a),
         Command::FromConfig(a) => run::from_config(g, a),

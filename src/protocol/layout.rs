@@ -35,6 +35,10 @@ impl Layout {
     pub fn events(&self) -> PathBuf {
         self.root.join("events.jsonl")
     }
+    /// `discoveries.json`, what agents found (`spec` section 3.6).
+    pub fn discoveries(&self) -> PathBuf {
+        self.root.join("discoveries.json")
+    }
     /// `tasks/`.
     pub fn tasks_dir(&self) -> PathBuf {
         self.root.join("tasks")

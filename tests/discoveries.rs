@@ -283,3 +283,109 @@ fn concurrent_discoverers_lose_nothing() {
     assert_eq!(ids.len(), 24, "ids are unique");
     assert_eq!(events(&e, "discovery_recorded").len(), 24);
 }
+
+#[test]
+fn example_prints_files_that_from_config_and_run_accept() {
+    let e = env();
+    let (config, comments) = run(&e, &["example"], 0);
+    let doc: Value = serde_json::from_str(&config).expect("stdout is the JSON alone");
+    assert!(comments.contains("working_directory") && comments.starts_with('#'));
+    std::fs::write(e.root().join("orchestration.json"), &config).unwrap();
+    let report = json_of(
+        &e,
+        &[
+            "--json",
+            "-q",
+            "from-config",
+            "orchestration.json",
+            "--adapter",
+            "shell",
+        ],
+    );
+    assert_eq!(report["success"], true, "{report:#}");
+    assert_eq!(report["goal"], doc["goal"]);
+    assert_eq!(report["totals"]["completed"], 3);
+    let (tasks, _) = run(&e, &["example", "tasks"], 0);
+    let arr: Value = serde_json::from_str(&tasks).unwrap();
+    assert_eq!(arr, doc["tasks"]);
+    std::fs::write(e.root().join("tasks.json"), &tasks).unwrap();
+    let report = json_of(
+        &e,
+        &[
+            "--json",
+            "-q",
+            "run",
+            "again",
+            "--tasks",
+            "tasks.json",
+            "--adapter",
+            "shell",
+        ],
+    );
+    assert_eq!(report["totals"]["completed"], 3, "{report:#}");
+    // --json: both files and the comments, one document.
+    let all = json_of(&e, &["--json", "example"]);
+    assert_eq!(all["config"], doc);
+    assert_eq!(all["tasks"], arr);
+    assert!(all["comments"]["config"]["goal"].is_string());
+    assert!(all["comments"]["task"]["dependencies"].is_string());
+    // -q: no comments.
+    let (_, quiet) = run(&e, &["-q", "example"], 0);
+    assert_eq!(quiet, "");
+}
+
+#[test]
+fn status_c_shows_a_configurations_tasks_without_a_queue() {
+    let e = env();
+    let (config, _) = run(&e, &["example"], 0);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("orchestration.json");
+    std::fs::write(&f, &config).unwrap();
+    let fs = f.display().to_string();
+    let out = cmd(&e)
+        .current_dir(dir.path())
+        .args(["--json", "status", "-c", &fs])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["goal"], "Add a /health endpoint to the web server");
+    assert_eq!(s["max_workers"], 3);
+    assert_eq!(s["task_timeout"], 600);
+    assert_eq!(s["total"], 3);
+    assert_eq!(s["tasks"][1]["id"], "test");
+    assert_eq!(s["tasks"][1]["dependencies"], json!(["handler"]));
+    assert_eq!(s["tasks"][2]["priority"], 5);
+    assert!(
+        !dir.path().join(".coordination").exists(),
+        "status -c opened a queue"
+    );
+    let out = cmd(&e)
+        .current_dir(dir.path())
+        .args(["status", "--config", &fs])
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("tasks: 3") && human.contains("handler") && human.contains("DEPENDS"),
+        "{human}"
+    );
+    // A configuration made by init has no tasks.
+    e.ok(&["init", "plan me", "-o", "empty.json"]);
+    let s = json_of(&e, &["--json", "status", "-c", "empty.json"]);
+    assert_eq!(s["total"], 0);
+    assert_eq!(s["goal"], "plan me");
+    // Missing and invalid files are bad input.
+    let (so, _) = run(&e, &["--json", "status", "-c", "nope.json"], 2);
+    assert!(so.contains("\"invalid\""));
+    std::fs::write(
+        e.root().join("bad.json"),
+        r#"{"goal": "g", "tasks": [{"priority": 11}]}"#,
+    )
+    .unwrap();
+    let (so, _) = run(&e, &["--json", "status", "-c", "bad.json"], 2);
+    assert!(
+        so.contains("description") && so.contains("priority"),
+        "{so}"
+    );
+}

@@ -112,6 +112,9 @@ pub struct RunCommon {
     /// Write a JSON run report to FILE
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Do not write the final summary (by the leader with the claude adapter, from the results with shell)
+    #[arg(long = "no-summary")]
+    pub no_summary: bool,
     /// Which adapter runs tasks (`--agent claude|shell`, the Python tool's spelling, is accepted too)
     #[arg(
         long = "adapter",
@@ -383,6 +386,7 @@ struct Plan {
     master_plan: Option<String>,
     output: Option<PathBuf>,
     spec: AgentSpec,
+    summary: bool,
 }
 
 fn execute(g: &Global, p: Plan) -> Result<u8> {
@@ -460,6 +464,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         master_plan: p.master_plan,
         run_tag: run_id,
         idle_poll_ms: 500,
+        summary: p.summary,
     };
     install_interrupt_handler();
     // With JSON logs, stderr stays JSON: progress is in the logs (-v).
@@ -513,6 +518,29 @@ fn print_run_summary(g: &Global, report: &supervisor::RunReport, dir: &Path) -> 
                     .unwrap_or_default()
             ))?;
         }
+        if !report.discoveries.is_empty() {
+            output::line(format!("\nDiscoveries ({}):", report.discoveries.len()))?;
+            for d in &report.discoveries {
+                output::line(format!(
+                    "- {}{}",
+                    output::truncate(d.title.trim(), 100),
+                    d.related_task
+                        .as_deref()
+                        .map(|t| format!(" (task {t})"))
+                        .unwrap_or_default()
+                ))?;
+            }
+        }
+        if let Some(s) = &report.summary {
+            output::line(format!(
+                "\nSummary ({}):\n{}",
+                match report.summary_by.as_deref() {
+                    Some("leader") => "by the leader",
+                    _ => "from the results",
+                },
+                s
+            ))?;
+        }
     }
     Ok(())
 }
@@ -563,6 +591,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
             tasks,
             master_plan: None,
             output: a.common.output,
+            summary: !a.common.no_summary,
             spec: a.common.adapter.spec(kind, None),
         },
     )
@@ -604,6 +633,7 @@ pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
             tasks,
             master_plan: rf.master_plan,
             output: a.common.output,
+            summary: !a.common.no_summary,
             spec: a.common.adapter.spec(kind, rf.model),
         },
     )

@@ -131,6 +131,12 @@ fn discover_records_the_agent_and_task_and_discoveries_lists_it() {
     assert_eq!(last["discoveries"], json!([d3]));
     let (human, _) = run(&e, &["discoveries"], 0);
     assert!(human.contains("The API needs a token") && human.contains("task client"));
+    let (log, _) = run(&e, &["events"], 0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("discovery_recorded") && l.contains("The API needs a token")),
+        "{log}"
+    );
     let (id_line, _) = run(&e, &["discover", "Fourth"], 0);
     assert!(id_line.trim().starts_with("disc-"), "{id_line}");
 }

@@ -41,6 +41,7 @@ pub mod run;
 pub use error::{Error, Result};
 pub use protocol::clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use protocol::config::{Backoff, Config, Durability};
+pub use protocol::discovery::{Discovery, NewDiscovery};
 pub use protocol::task::{Context, NewTask, Status, Task, TaskId};
 pub use protocol::{
     init_dir, resolve_dir, BatchIds, ClaimOutcome, ClaimRequest, Coordination, Listing, NotReady,

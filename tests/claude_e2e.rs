@@ -807,3 +807,127 @@ fn a_hooks_session_that_hands_its_task_back_stops_instead_of_looping() {
         "claimed again after its release"
     );
 }
+
+#[test]
+fn a_replys_discoveries_are_recorded_and_shown_to_the_next_task() {
+    let Some(p) = Project::new(json!({"rules": [
+        {"match": "## Task: a\n", "steps": [{"text": "Wrote the schema.\n\nFiles created:\n- schema.sql\n\nDiscoveries:\n- The schema uses snake_case keys; `found` in the old dump is a reserved word"}]},
+        {"match": "## Task: b\n", "steps": [{"text": "Wrote the reader."}]}
+    ]})) else {
+        return;
+    };
+    p.ok(&["init", "the goal"]);
+    let tasks = p.write_tasks(&json!([
+        {"id": "a", "description": "Write the schema"},
+        {"id": "b", "description": "Write the reader", "dependencies": ["a"]}
+    ]));
+    let out = p.run(
+        &[
+            "--no-plan",
+            "--tasks",
+            &tasks,
+            "-w",
+            "2",
+            "--no-summary",
+            "-o",
+            "report.json",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let f: Value = serde_json::from_slice(
+        &std::fs::read(p.coord().join("discoveries.json")).expect("discoveries.json"),
+    )
+    .unwrap();
+    let list = f["discoveries"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{f:#}");
+    let d = &list[0];
+    let said = "The schema uses snake_case keys; `found` in the old dump is a reserved word";
+    assert_eq!(d["content"], said);
+    assert_eq!(d["related_task"], "a");
+    assert!(
+        d["agent_id"].as_str().unwrap().contains("-worker-"),
+        "{d:#}"
+    );
+    assert_eq!(
+        p.task("a")["result"]["files_created"],
+        json!(["schema.sql"])
+    );
+    assert_eq!(p.task("a")["result"]["discoveries"], json!([said]));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(p.root.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["discoveries"][0]["id"], d["id"]);
+    assert_eq!(report["summary"], Value::Null);
+    // The real CLI sent b's prompt, with the discovery, to the model.
+    let b_prompt = p
+        .server
+        .message_texts()
+        .into_iter()
+        .find(|m| m.contains("## Task: b"))
+        .expect("b's request");
+    assert!(
+        b_prompt.contains("What other workers found") && b_prompt.contains("snake_case keys"),
+        "{b_prompt}"
+    );
+    assert_eq!(
+        p.events()
+            .iter()
+            .filter(|e| e["event"] == "discovery_recorded")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn the_leader_writes_the_summary_into_the_report() {
+    let Some(p) = Project::new(json!({"rules": [
+        {"match": "The workers have finished", "steps": [{"text": "SUMMARY: the schema and the reader are written; mind the snake_case keys."}]},
+        {"match": "## Task: ", "steps": [{"text": "Did the work.\nDiscoveries:\n- The keys are snake_case"}]}
+    ]})) else {
+        return;
+    };
+    p.ok(&["init", "the goal"]);
+    let tasks = p.write_tasks(&json!([
+        {"id": "a", "description": "Write the schema"},
+        {"id": "b", "description": "Write the reader", "dependencies": ["a"]}
+    ]));
+    let out = p.run(
+        &[
+            "--no-plan",
+            "--tasks",
+            &tasks,
+            "-w",
+            "1",
+            "-o",
+            "report.json",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(p.root.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["summary"],
+        "SUMMARY: the schema and the reader are written; mind the snake_case keys."
+    );
+    assert_eq!(report["summary_by"], "leader");
+    assert_eq!(report["discoveries"].as_array().unwrap().len(), 2);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Summary (by the leader):"), "{stdout}");
+    // The leader was given every result and the discoveries, as data.
+    let msgs = p.server.message_texts();
+    let summary_req = msgs
+        .iter()
+        .find(|m| m.contains("The workers have finished"))
+        .expect("the summary request");
+    assert!(summary_req.contains("### a (completed)") && summary_req.contains("### b (completed)"));
+    assert!(
+        summary_req.contains("Did the work.") && summary_req.contains("The keys are snake_case")
+    );
+    assert!(summary_req.contains("TASK-DATA-"));
+    let run_id = report["correlation_id"].as_str().unwrap();
+    assert!(p
+        .coord()
+        .join(format!("logs/leader-{run_id}.summary.json"))
+        .is_file());
+}

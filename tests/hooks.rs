@@ -706,3 +706,51 @@ fn a_second_live_session_with_the_same_agent_id_gets_its_own() {
     assert!(run("stop", "stop.json", "sess-2").is_none());
     assert_eq!(p.task("one")["claimed_by"], "shared-name");
 }
+
+#[test]
+fn the_stop_hand_over_includes_recent_discoveries_fenced_as_data() {
+    let p = Project::new();
+    p.create("one", &[]);
+    // Nothing recorded: no section.
+    p.create("zero", &[]);
+    let (_, out, _) = p.hook("stop", "stop.json", "sess-z");
+    let reason = out.unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(!reason.contains("recent discoveries"), "{reason}");
+    for i in 0..12 {
+        p.cmd()
+            .args([
+                "discover",
+                &format!("finding {i}"),
+                "--content",
+                "details here",
+                "--agent",
+                "w1",
+            ])
+            .assert()
+            .success();
+    }
+    let (code, out, _) = p.hook("stop", "stop.json", "sess-d");
+    assert_eq!(code, 0);
+    let reason = out.unwrap()["reason"].as_str().unwrap().to_string();
+    let at = reason
+        .find("recent discoveries")
+        .unwrap_or_else(|| panic!("{reason}"));
+    let section = &reason[at..];
+    // The newest ten, oldest of them first, inside a data block, before
+    // the commands.
+    assert!(
+        section.contains("- finding 2 (w1): details here"),
+        "{reason}"
+    );
+    assert!(section.contains("- finding 11 (w1)"), "{reason}");
+    assert!(!section.contains("finding 1 "), "{reason}");
+    assert!(section.find("finding 2").unwrap() < section.find("finding 11").unwrap());
+    assert!(section.contains("<<<TASK-DATA-"));
+    assert!(section.find("TASK-DATA-").unwrap() < section.find("when done:").unwrap());
+    // A corrupt discoveries.json does not stop the hand-over.
+    std::fs::write(p.root().join(".coordination/discoveries.json"), "{").unwrap();
+    p.create("two", &[]);
+    let (code, out, _) = p.hook("stop", "stop.json", "sess-e");
+    assert_eq!(code, 0);
+    assert_eq!(out.unwrap()["decision"], "block");
+}

@@ -125,9 +125,16 @@ fn leader_plans_then_workers_run_every_task() {
         "write tests first\nsmall commits"
     );
     let calls = std::fs::read_to_string(&log).unwrap();
-    // One leader call and one per task, each with the model, stdin closed
-    // (the fake reads stdin to EOF: an open stdin would hang it).
-    assert_eq!(calls.lines().count(), 5, "{calls}");
+    // One leader call to plan, one per task and one for the summary, each
+    // with the model, stdin closed (the fake reads stdin to EOF: an open
+    // stdin would hang it).
+    assert_eq!(calls.lines().count(), 6, "{calls}");
+    assert_eq!(r["summary"], "Leader summary: the goal is met.");
+    assert_eq!(r["summary_by"], "leader");
+    assert!(
+        stdout.contains("Summary (by the leader):\nLeader summary: the goal is met."),
+        "{stdout}"
+    );
     assert!(
         calls
             .lines()
@@ -138,6 +145,7 @@ fn leader_plans_then_workers_run_every_task() {
         calls
             .lines()
             .skip(1)
+            .take(4)
             .all(|l| l.contains("token=1") && l.contains("corr=run-")),
         "{calls}"
     );
@@ -381,7 +389,8 @@ fn from_config_accepts_the_python_orchestration_json() {
         .assert()
         .success();
     let calls = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(calls.lines().count(), 2);
+    // Two tasks and the leader's summary.
+    assert_eq!(calls.lines().count(), 3);
     assert!(calls.contains("model=claude-sonnet-4-20250514"));
 }
 
@@ -480,6 +489,121 @@ fn shell_adapter_records_exit_status_output_and_log_and_env() {
         bad["error"], "exit status 7: oops",
         "the reason is the last stderr line"
     );
+    // No leader with the shell adapter: the summary is built from the
+    // results.
+    assert_eq!(r["summary_by"], "results");
+    let summary = r["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("Goal: g\n2 tasks: 1 completed, 1 dead"),
+        "{summary}"
+    );
+    assert!(summary.contains("- bad (dead): exit status 7"), "{summary}");
+}
+
+#[test]
+fn a_worker_replys_discoveries_are_recorded_and_reach_the_next_prompt() {
+    let env = Env::new();
+    let prompts = env.path().join("prompts.log");
+    let tasks = env.write(
+        "t.json",
+        &json!([
+            {"id": "first", "description": "DISCOVER the loader"},
+            {"id": "second", "description": "Use the loader", "dependencies": ["first"]}
+        ]),
+    );
+    env.cmd()
+        .args([
+            "run",
+            "g",
+            "-w",
+            "2",
+            "--no-summary",
+            "-o",
+            "r.json",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .env("FAKE_CLAUDE_PROMPTS", &prompts)
+        .assert()
+        .success();
+    // Recorded with the worker and the task, from the reply's section
+    // only (the "none" item is dropped, the files section is not a
+    // discovery).
+    let f: Value =
+        serde_json::from_slice(&std::fs::read(env.coord().join("discoveries.json")).unwrap())
+            .unwrap();
+    let list = f["discoveries"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{f:#}");
+    let d = &list[0];
+    assert_eq!(
+        d["title"],
+        "The cache in DISCOVER the loader is cold on start"
+    );
+    assert_eq!(d["related_task"], "first");
+    assert!(d["agent_id"].as_str().unwrap().contains("-worker-"));
+    let r = report(&env.path().join("r.json"));
+    assert!(d["correlation_id"] == r["correlation_id"]);
+    // The result keeps the sections, as the Python tool's result did.
+    let first = by_id(&r, "first");
+    assert_eq!(first["result"]["files_modified"], json!(["src/found.rs"]));
+    assert_eq!(
+        first["result"]["discoveries"],
+        json!(["The cache in DISCOVER the loader is cold on start"])
+    );
+    assert_eq!(r["discoveries"], json!([d.clone()]));
+    assert_eq!(r["summary"], Value::Null);
+    assert_eq!(r["summary_by"], Value::Null);
+    // The dependent's prompt shows it, fenced as data.
+    let all = std::fs::read_to_string(&prompts).unwrap();
+    let second = all
+        .split("=== end\n")
+        .find(|p| p.contains("## Task: second"))
+        .expect("second's prompt");
+    let pos = second
+        .find("## What other workers found")
+        .expect("no discoveries section");
+    assert!(
+        second[pos..].contains("The cache in DISCOVER the loader is cold on start (run-"),
+        "{second}"
+    );
+    assert!(second[pos..].contains("<<<TASK-DATA-"));
+    assert!(
+        second.contains("Discoveries:"),
+        "the prompt asks for the section"
+    );
+    // Each discovery is one event.
+    let events = std::fs::read_to_string(env.coord().join("events.jsonl")).unwrap();
+    assert_eq!(events.matches("\"discovery_recorded\"").count(), 1);
+}
+
+#[test]
+fn a_failing_leader_summary_falls_back_to_the_results() {
+    let env = Env::new();
+    let tasks = env.write("t.json", &json!([{"id": "only", "description": "Do it"}]));
+    let out = env
+        .cmd()
+        .args(["--json", "run", "g", "-w", "1", "--tasks"])
+        .arg(&tasks)
+        .env("FAKE_CLAUDE_SUMMARY", "fail")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["summary_by"], "results");
+    assert!(r["summary"]
+        .as_str()
+        .unwrap()
+        .contains("- only (completed): Did: Do it"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not write the summary"), "{stderr}");
+    assert!(env
+        .coord()
+        .join(format!(
+            "logs/leader-{}.summary.json",
+            r["correlation_id"].as_str().unwrap()
+        ))
+        .is_file());
 }
 
 #[test]
@@ -918,7 +1042,8 @@ fn the_same_goal_again_resumes_a_planned_run_without_planning_again() {
     )
     .unwrap();
     let log = env.path().join("calls.log");
-    let args = ["run", "Ship it", "-w", "1"];
+    // No summary: the leader is asked only to plan, so its calls count plans.
+    let args = ["run", "Ship it", "-w", "1", "--no-summary"];
     interrupt_when_claimed(
         &env,
         &args,

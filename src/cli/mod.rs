@@ -1,6 +1,8 @@
 //! Argument parsing (clap derive; doc comments are the `--help` text) and
 //! dispatch. Commands call the library and hand data to `output`.
 
+mod config;
+mod discoveries;
 mod exit;
 mod hooks;
 mod logging;
@@ -91,8 +93,15 @@ pub enum Command {
     Ready(tasks::ReadyArgs),
     /// Show one task
     Show(tasks::IdArg),
-    /// Counts per state, ready tasks, holdings per agent, oldest pending age
-    Status,
+    /// Counts per state, ready tasks, holdings per agent, oldest pending age;
+    /// with -c FILE, a run configuration's settings and tasks instead
+    Status(tasks::StatusArgs),
+    /// Print an example orchestration.json (or tasks file) on stdout, with comments on stderr
+    Example(config::ExampleArgs),
+    /// Record a discovery: something found that the other agents should know
+    Discover(discoveries::DiscoverArgs),
+    /// List the discoveries agents recorded (discoveries.json), oldest first
+    Discoveries(discoveries::DiscoveriesArgs),
     /// Rebuild the derived claim index from the task files
     Reindex,
     /// Check every file against the spec; --fix repairs what can be repaired (exit 65: damage left)
@@ -187,8 +196,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             },
         ),
         Command::Show(a) => tasks::show(g, a),
-        Command::Status => tasks::status(g),
+        Command::Status(a) => match &a.config {
+            Some(f) => config::status_config(g, f),
+            None => tasks::status(g),
+        },
         Command::Reindex => tasks::reindex(g),
+        Command::Example(a) => config::example(g, a),
+        Command::Discover(a) => discoveries::discover(g, a),
+        Command::Discoveries(a) => discoveries::discoveries(g, a),
         Command::Doctor(a) => tasks::doctor(g, a),
         Command::Run(a) => run::run(g, a),
         Command::FromConfig(a) => run::from_config(g, a),

@@ -142,6 +142,11 @@ fn human_event(e: &Event) -> String {
     if let Some(err) = e.detail.get("error").and_then(|v| v.as_str()) {
         s += &format!("  error: {}", output::truncate(err, 80));
     }
+    if e.event == "discovery_recorded" {
+        if let Some(title) = e.detail.get("title").and_then(|v| v.as_str()) {
+            s += &format!(" {}", output::truncate(title, 80));
+        }
+    }
     s
 }
 

@@ -115,6 +115,9 @@ pub struct RunCommon {
     /// Start a new run with new task ids, even when an unfinished run of these tasks (or this goal) is in the queue; without it, that run is resumed
     #[arg(long)]
     pub fresh: bool,
+    /// Do not write the final summary (by the leader with the claude adapter, from the results with shell)
+    #[arg(long = "no-summary")]
+    pub no_summary: bool,
     /// Which adapter runs tasks (`--agent claude|shell`, the Python tool's spelling, is accepted too)
     #[arg(
         long = "adapter",
@@ -392,6 +395,7 @@ struct Plan {
     output: Option<PathBuf>,
     fresh: bool,
     spec: AgentSpec,
+    summary: bool,
 }
 
 fn execute(g: &Global, p: Plan) -> Result<u8> {
@@ -454,7 +458,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         }
     }
     let (c, _) = Coordination::init(&dir, Some(p.goal.clone()))?;
-    // The same command again continues its unfinished run (spec 13.5).
+    // The same command again continues its unfinished run (spec 13.6).
     let resume = if p.fresh {
         None
     } else {
@@ -479,6 +483,7 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         run_tag: run_id,
         resume,
         idle_poll_ms: 500,
+        summary: p.summary,
     };
     install_interrupt_handler();
     // With JSON logs, stderr stays JSON: progress is in the logs (-v).
@@ -532,6 +537,29 @@ fn print_run_summary(g: &Global, report: &supervisor::RunReport, dir: &Path) -> 
                     .unwrap_or_default()
             ))?;
         }
+        if !report.discoveries.is_empty() {
+            output::line(format!("\nDiscoveries ({}):", report.discoveries.len()))?;
+            for d in &report.discoveries {
+                output::line(format!(
+                    "- {}{}",
+                    output::truncate(d.title.trim(), 100),
+                    d.related_task
+                        .as_deref()
+                        .map(|t| format!(" (task {t})"))
+                        .unwrap_or_default()
+                ))?;
+            }
+        }
+        if let Some(s) = &report.summary {
+            output::line(format!(
+                "\nSummary ({}):\n{}",
+                match report.summary_by.as_deref() {
+                    Some("leader") => "by the leader",
+                    _ => "from the results",
+                },
+                s
+            ))?;
+        }
     }
     Ok(())
 }
@@ -583,6 +611,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
             master_plan: None,
             output: a.common.output,
             fresh: a.common.fresh,
+            summary: !a.common.no_summary,
             spec: a.common.adapter.spec(kind, None),
         },
     )
@@ -625,6 +654,7 @@ pub fn from_config(g: &Global, a: FromConfigArgs) -> Result<u8> {
             master_plan: rf.master_plan,
             output: a.common.output,
             fresh: a.common.fresh,
+            summary: !a.common.no_summary,
             spec: a.common.adapter.spec(kind, rf.model),
         },
     )

@@ -268,6 +268,14 @@ pub struct ListArgs {
     pub blocked: bool,
 }
 
+/// `orchestrate status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Show this run configuration file's settings and tasks (the Python tool's `status -c`) instead of the queue
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 /// `orchestrate ready`.
 #[derive(Args, Debug)]
 pub struct ReadyArgs {

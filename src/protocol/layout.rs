@@ -40,6 +40,10 @@ impl Layout {
     pub fn events(&self) -> PathBuf {
         self.root.join("events.jsonl")
     }
+    /// `discoveries.json`, what agents found (`spec` section 3.6).
+    pub fn discoveries(&self) -> PathBuf {
+        self.root.join("discoveries.json")
+    }
     /// `tasks/`.
     pub fn tasks_dir(&self) -> PathBuf {
         self.root.join("tasks")
@@ -65,7 +69,7 @@ impl Layout {
     pub fn attempt_log(&self, id: &TaskId, attempt: u32, ext: &str) -> PathBuf {
         self.logs_dir().join(format!("{id}.{attempt}.{ext}"))
     }
-    /// `runs/`, one record per run (`spec` section 13.5).
+    /// `runs/`, one record per run (`spec` section 13.6).
     pub fn runs_dir(&self) -> PathBuf {
         self.root.join("runs")
     }

@@ -6,7 +6,7 @@
 //! write (`store`, 3, 4.2), the lock (`lock`, 4.1), the derived index
 //! (`index`, 9), the event log (`events`, 3.4), the DAG checks (`dag`, 5.1),
 //! time (`clock`, 3.1, 6), `config.json` (`config`, 3.3), paths (`layout`,
-//! 2), agent records (`registry`, 3.5), directory handles (`fsroot`, 4.7),
+//! 2), agent records (`registry`, 3.5), discoveries (`discovery`, 3.6), directory handles (`fsroot`, 4.7),
 //! safe discovery (`trust`, 4.7), waking on file changes for claim waiters,
 //! `watch` and `events --follow` (`watch`, 6.5, 15) and crash points for
 //! tests (`faults`).
@@ -22,6 +22,7 @@
 pub mod clock;
 pub mod config;
 pub mod dag;
+pub mod discovery;
 pub mod events;
 pub mod faults;
 pub mod fsroot;
@@ -1074,6 +1075,129 @@ impl Coordination {
             store::write_atomic(&p, &store::to_pretty(&rec)?, self.durable(), true)?;
             Ok(rec)
         })
+    }
+
+    /// Records one discovery (`spec` 3.6): what an agent found that the
+    /// others should know, with the agent and task that made it. One
+    /// mutation: `discoveries.json` is rewritten atomically under the lock
+    /// (capped, oldest dropped first) and one `discovery_recorded` event is
+    /// appended. Returns the record written.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an empty or oversized title or content, a bad
+    /// agent or task id, or a task id that names no task; lock, data (a
+    /// corrupt or newer `discoveries.json`) and I/O errors. Nothing is
+    /// written on error.
+    pub fn add_discovery(&self, d: discovery::NewDiscovery) -> Result<discovery::Discovery> {
+        let mut v = self.add_discoveries(vec![d], None)?;
+        v.pop()
+            .ok_or_else(|| Error::Other("no discovery was recorded".into()))
+    }
+
+    /// Records several discoveries in one mutation, in order, with one
+    /// `discovery_recorded` event each (`spec` 3.6). With `fence` (a task id
+    /// and a fencing token: the attempt that made them), they are recorded
+    /// only while that token is still the task's current one, so that a
+    /// holder whose lease was lost and whose task was claimed again adds
+    /// nothing (`spec` 6.3, 13.2). An empty list writes nothing.
+    ///
+    /// # Errors
+    /// As [`Coordination::add_discovery`]; [`Error::LeaseLost`] when the
+    /// fence's token is no longer the task's; [`Error::TaskNotFound`] when
+    /// the fence's task does not exist.
+    pub fn add_discoveries(
+        &self,
+        ds: Vec<discovery::NewDiscovery>,
+        fence: Option<(&str, u64)>,
+    ) -> Result<Vec<discovery::Discovery>> {
+        for d in &ds {
+            discovery::validate_new(d)?;
+        }
+        if ds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fence = fence
+            .map(|(id, tok)| TaskId::new(id).map(|i| (i, tok)))
+            .transpose()?;
+        self.mutate(|tx| {
+            if let Some((id, tok)) = &fence {
+                let t = tx.load(id)?;
+                if t.fencing_token != *tok {
+                    return Err(Error::LeaseLost {
+                        task_id: id.to_string(),
+                        presented: *tok,
+                        current: t.fencing_token,
+                        detail: "the task was claimed again since; the old attempt's discoveries are not recorded".into(),
+                    });
+                }
+            }
+            for d in &ds {
+                if let Some(t) = &d.task_id {
+                    let id = TaskId::new(t)?;
+                    if store::read_task(&self.layout.task(&id), &id)?.is_none() {
+                        return Err(Error::Invalid(format!(
+                            "no task `{t}` in this queue: --task (or $ORCHESTRATE_TASK_ID) names the task the discovery was made in"
+                        )));
+                    }
+                }
+            }
+            let path = self.layout.discoveries();
+            let mut log = discovery::read(&path)?;
+            let first = log.discoveries.len();
+            for d in ds {
+                let id = discovery::new_id(&|x| log.discoveries.iter().any(|e| e.id == x));
+                log.discoveries.push(discovery::Discovery {
+                    id,
+                    title: d.title,
+                    content: d.content,
+                    agent_id: d.agent_id,
+                    related_task: d.task_id,
+                    tags: d.tags,
+                    created_at: tx.now,
+                    correlation_id: self.correlation_id.clone(),
+                    extra: serde_json::Map::new(),
+                });
+            }
+            let added: Vec<discovery::Discovery> = log.discoveries[first..].to_vec();
+            let dropped = discovery::cap(&mut log);
+            if dropped > 0 {
+                tracing::debug!(dropped, "dropped the oldest discoveries (cap of spec 3.6)");
+            }
+            store::write_atomic(&path, &store::to_pretty(&log)?, self.durable(), true)?;
+            for rec in &added {
+                let mut e = Event::new("discovery_recorded", tx.now);
+                e.task_id = rec.related_task.clone();
+                e.agent_id = rec.agent_id.clone();
+                e.correlation_id = self.correlation_id.clone();
+                e.detail
+                    .insert("discovery_id".into(), Value::from(rec.id.clone()));
+                let title: String = rec.title.chars().take(200).collect();
+                e.detail.insert("title".into(), Value::from(title));
+                tx.events.push(e);
+            }
+            Ok(added)
+        })
+    }
+
+    /// Every discovery in `discoveries.json`, oldest first, read without
+    /// the lock (`spec` 3.6, 4.6); empty when the file does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] or [`Error::NewerSchema`] for a bad file;
+    /// [`Error::Io`].
+    pub fn discoveries(&self) -> Result<Vec<discovery::Discovery>> {
+        Ok(discovery::read(&self.layout.discoveries())?.discoveries)
+    }
+
+    /// The newest `n` discoveries, oldest of them first (for prompts and
+    /// hand-overs, `spec` 13.2, 14.3).
+    ///
+    /// # Errors
+    /// As [`Coordination::discoveries`].
+    pub fn recent_discoveries(&self, n: usize) -> Result<Vec<discovery::Discovery>> {
+        let mut v = self.discoveries()?;
+        let from = v.len().saturating_sub(n);
+        Ok(v.split_off(from))
     }
 
     /// Rebuilds the claim index from `tasks/` now (`spec` section 9).

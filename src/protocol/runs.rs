@@ -1,5 +1,5 @@
 //! Run records: `runs/<run-id>.json`, one per `orchestrate run` or
-//! `from-config` (`spec/PROTOCOL.md` section 13.5). They let the same
+//! `from-config` (`spec/PROTOCOL.md` section 13.6). They let the same
 //! command find its unfinished run again and resume it instead of planning
 //! or creating the tasks a second time. History, not state: a missing or
 //! unreadable record only means a run cannot be resumed by its goal.

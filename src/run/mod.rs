@@ -3,7 +3,7 @@
 //! adapters that start a `claude` or shell process for one attempt and
 //! read its outcome (`agent`, 13.2), and tasks files, `orchestration.json`
 //! and leader plans (`plan`, 13.3), and finding an unfinished run to
-//! continue (`resume`, 13.5).
+//! continue (`resume`, 13.6).
 //!
 //! **May use** [`crate::protocol`] (only through [`crate::Coordination`]'s
 //! operations and the task model, never the files directly); nothing above

@@ -486,6 +486,131 @@ pub fn parse_plan(
     }
 }
 
+/// A task entry of a tasks document as the Python tool writes it (`spec`
+/// 13.3; the member order of `create-task -c`, section 11): `id`,
+/// `description`, `priority`, `dependencies`, `context_files`, `hints`,
+/// `command`, `tags`, `max_attempts`, each but `description` and
+/// `priority` only when set.
+pub fn task_entry(t: &NewTask) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(id) = &t.id {
+        m.insert("id".into(), Value::from(id.clone()));
+    }
+    m.insert("description".into(), Value::from(t.description.clone()));
+    m.insert(
+        "priority".into(),
+        Value::from(t.priority.unwrap_or(task::DEFAULT_PRIORITY)),
+    );
+    if !t.dependencies.is_empty() {
+        m.insert("dependencies".into(), serde_json::json!(t.dependencies));
+    }
+    if !t.context.files.is_empty() {
+        m.insert("context_files".into(), serde_json::json!(t.context.files));
+    }
+    if let Some(h) = &t.context.hints {
+        m.insert("hints".into(), Value::from(h.clone()));
+    }
+    if let Some(c) = &t.command {
+        m.insert("command".into(), Value::from(c.clone()));
+    }
+    if !t.context.tags.is_empty() {
+        m.insert("tags".into(), serde_json::json!(t.context.tags));
+    }
+    if let Some(n) = t.max_attempts {
+        m.insert("max_attempts".into(), Value::from(n));
+    }
+    Value::Object(m)
+}
+
+/// The example tasks file of `orchestrate example tasks` (`spec` 11): a
+/// small DAG in the tasks-file format of 13.3, with a harmless `command`
+/// per task so that `run --tasks FILE --adapter shell` runs it as it is.
+pub fn example_tasks() -> Value {
+    serde_json::json!([
+        {
+            "id": "handler",
+            "description": "Add a GET /health handler that answers 200 with the version from Cargo.toml",
+            "priority": 1,
+            "context_files": ["src/server.rs"],
+            "hints": "No database calls: the check must answer while the database is down",
+            "command": "echo 'handler: written'"
+        },
+        {
+            "id": "test",
+            "description": "Add an integration test for GET /health",
+            "priority": 2,
+            "dependencies": ["handler"],
+            "context_files": ["tests/health.rs"],
+            "command": "echo 'test: written'"
+        },
+        {
+            "id": "docs",
+            "description": "Document the /health endpoint in README.md",
+            "priority": 5,
+            "dependencies": ["handler"],
+            "context_files": ["README.md"],
+            "max_attempts": 2,
+            "command": "echo 'docs: written'"
+        }
+    ])
+}
+
+/// The example run configuration of `orchestrate example` (`spec` 11):
+/// an `orchestration.json` (13.3) holding [`example_tasks`], working in
+/// the file's own directory, with `model` as given.
+pub fn example_config(model: &str) -> Value {
+    serde_json::json!({
+        "goal": "Add a /health endpoint to the web server",
+        "working_directory": ".",
+        "max_workers": 3,
+        "model": model,
+        "task_timeout": 600,
+        "master_plan": "The server is in src/server.rs; keep the endpoint free of authentication.",
+        "tasks": example_tasks()
+    })
+}
+
+/// What each member of a run configuration file means, in file order:
+/// the comments `orchestrate example` prints beside [`example_config`].
+pub const CONFIG_COMMENTS: &[(&str, &str)] = &[
+    ("goal", "required: what the agents work towards"),
+    ("working_directory", "where agents work; a relative path is relative to this file's directory (default: that directory)"),
+    ("max_workers", "number of parallel workers (default 3; -w overrides)"),
+    ("model", "Claude model for the leader and workers (default: the CLI's own)"),
+    ("task_timeout", "seconds per attempt; the process group is killed after it (default 600)"),
+    ("master_plan", "background for the leader when it plans (used only when tasks is empty)"),
+    ("tasks", "predefined tasks (the members below); leave it [] and the leader plans the goal"),
+];
+
+/// What each member of a task entry means (`spec` 13.3): the comments
+/// `orchestrate example tasks` prints beside [`example_tasks`].
+pub const TASK_COMMENTS: &[(&str, &str)] = &[
+    (
+        "id",
+        "a key other entries name in dependencies; becomes the task id when free",
+    ),
+    ("description", "required: what to do, self-contained"),
+    ("priority", "1 (most urgent) to 10; default 5"),
+    (
+        "dependencies",
+        "ids of entries (or queued tasks) that must be completed first",
+    ),
+    ("context_files", "files the worker should look at"),
+    (
+        "hints",
+        "advice for the worker (a string, or an array of lines)",
+    ),
+    (
+        "command",
+        "what --adapter shell runs with sh -c (the claude adapter ignores it)",
+    ),
+    ("tags", "labels; `claim --tag` filters on them"),
+    (
+        "max_attempts",
+        "attempts before the task is dead; default from config.json",
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

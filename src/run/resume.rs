@@ -1,4 +1,4 @@
-//! Resuming a run (`spec/PROTOCOL.md` section 13.5): running the same tasks
+//! Resuming a run (`spec/PROTOCOL.md` section 13.6): running the same tasks
 //! file, configuration or goal again continues the unfinished run instead of
 //! creating every task a second time.
 //!

@@ -171,7 +171,7 @@ fn a_named_claim_raced_from_two_mounts_is_granted_once() {
             .unwrap();
         let children: Vec<Child> = (0..8)
             .map(|i| {
-                let mut c = if i % 2 == 0 { s.cmd_a() } else { s.cmd_b() };
+                let mut c = if i.is_multiple_of(2) { s.cmd_a() } else { s.cmd_b() };
                 c.args([
                     "claim",
                     &id,
@@ -238,7 +238,7 @@ fn concurrent_batch_creates_from_two_mounts_get_distinct_seq() {
                 .args(["--exact", "child_batch_create", "--ignored", "--nocapture"])
                 .env(
                     "ORCHESTRATE_SHARED_CHILD",
-                    if i % 2 == 0 { &s.a } else { &s.b },
+                    if i.is_multiple_of(2) { &s.a } else { &s.b },
                 )
                 .env("ORCHESTRATE_SHARED_TAG", format!("batch{i}"))
                 .stdout(Stdio::piped())
@@ -279,7 +279,7 @@ fn workers_on_two_mounts_drain_600_tasks_through_sigkills() {
         .collect();
     c.create_batch(specs, orchestrate::BatchIds::Exact).unwrap();
     let spawn = |n: usize| -> Child {
-        let mut c = if n % 2 == 0 { s.cmd_a() } else { s.cmd_b() };
+        let mut c = if n.is_multiple_of(2) { s.cmd_a() } else { s.cmd_b() };
         c.args([
             "work",
             "--adapter",

@@ -183,8 +183,17 @@ fn archive_crash_between_unlinks_is_rolled_forward() {
     assert_eq!(ids(&env.json(&["list", "--json"], 0)), ["a", "b", "d"]);
     assert_eq!(ids(&env.json(&["list", "--archived", "--json"], 0)), ["c"]);
     assert_eq!(env.json(&["show", "d", "--json"], 0)["status"], "completed");
-    // Any mutation rolls forward.
-    env.ok(&["reap"]);
+    // doctor reports it; --fix (a mutation) rolls it forward.
+    let d = env.json(&["doctor", "--json"], 0);
+    assert!(
+        d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "archive_intent"),
+        "{d}"
+    );
+    env.ok(&["doctor", "--fix"]);
     assert!(!env.task_path("d").exists());
     assert!(!env.dir().join("archive/.archive-intent.json").exists());
     assert_eq!(

@@ -140,7 +140,7 @@ impl Coordination {
 
     /// True when `archive/<id>.json` exists: the id is taken for good.
     pub fn is_archived(&self, id: &TaskId) -> bool {
-        self.layout.archived_task(id).symlink_metadata().is_ok()
+        crate::protocol::fsroot::symlink_metadata(&self.layout.archived_task(id)).is_ok()
     }
 
     /// Calls `f` with each archived task (or the error reading its file), in
@@ -161,7 +161,7 @@ impl Coordination {
         }
         self.scan_tasks(&dir, |r| {
             if let Ok(t) = &r {
-                if self.layout.task(&t.id).symlink_metadata().is_ok() {
+                if crate::protocol::fsroot::symlink_metadata(&self.layout.task(&t.id)).is_ok() {
                     return Ok(());
                 }
             }

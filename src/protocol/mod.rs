@@ -1429,6 +1429,7 @@ fn refuse_symlinked_dirs(layout: &Layout) -> Result<()> {
         layout.index_dir(),
         layout.logs_dir(),
         layout.agents_dir(),
+        layout.archive_dir(),
     ] {
         if crate::protocol::fsroot::symlink_metadata(&d).is_ok_and(|m| m.is_symlink()) {
             return Err(Error::corrupt(

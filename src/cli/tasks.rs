@@ -759,13 +759,14 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         })?;
         l.tasks.sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
         l
+    } else if a.ready {
+        // One listing, with its errors, held once in memory.
+        c.ready_listing()?
     } else {
         c.list()?
     };
     let mut waiting_on: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
-    if a.ready {
-        listing.tasks = c.ready()?;
-    } else if a.blocked {
+    if a.blocked {
         let w = c.waiting()?;
         for (t, open) in &w {
             waiting_on.insert(
@@ -782,14 +783,25 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         output::eline(format!("orchestrate: warning: {e}"));
     }
     if g.json {
-        let mut doc = json!({
-            "tasks": tasks,
-            "errors": listing.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-        });
-        if a.blocked {
-            doc["waiting_on"] = json!(waiting_on);
+        // Written task by task, never as one JSON value tree (which took
+        // five times the tasks' own memory).
+        let mut doc = output::JsonArrayDoc::start("tasks")?;
+        for t in &tasks {
+            doc.push(t)?;
         }
-        output::json(&doc)?;
+        let mut rest = serde_json::Map::new();
+        rest.insert(
+            "errors".into(),
+            json!(listing
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()),
+        );
+        if a.blocked {
+            rest.insert("waiting_on".into(), json!(waiting_on));
+        }
+        doc.finish(rest)?;
     } else if tasks.is_empty() {
         output::line(if a.ready {
             "no task is ready"

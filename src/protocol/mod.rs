@@ -1006,13 +1006,26 @@ impl Coordination {
     /// # Errors
     /// [`Error::Io`] when `tasks/` cannot be listed.
     pub fn ready(&self) -> Result<Vec<Task>> {
+        Ok(self.ready_listing()?.tasks)
+    }
+
+    /// As [`Coordination::ready`], with the unreadable task files in
+    /// [`Listing::errors`] (one listing of `tasks/`, held once in memory).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `tasks/` cannot be listed.
+    pub fn ready_listing(&self) -> Result<Listing> {
         let listing = self.list()?;
         let now = self.now();
-        let status: HashMap<&TaskId, Status> =
-            listing.tasks.iter().map(|t| (&t.id, t.status)).collect();
-        let mut v: Vec<Task> = listing
+        let status: HashMap<TaskId, Status> = listing
             .tasks
             .iter()
+            .map(|t| (t.id.clone(), t.status))
+            .collect();
+        // Moved, not cloned: the listing is not needed after this.
+        let mut v: Vec<Task> = listing
+            .tasks
+            .into_iter()
             .filter(|t| {
                 t.status == Status::Pending
                     && t.not_before.is_none_or(|nb| nb <= now)
@@ -1020,10 +1033,12 @@ impl Coordination {
                         .iter()
                         .all(|d| status.get(d) == Some(&Status::Completed))
             })
-            .cloned()
             .collect();
         v.sort_by_key(|t| (t.priority, t.seq));
-        Ok(v)
+        Ok(Listing {
+            tasks: v,
+            errors: listing.errors,
+        })
     }
 
     /// The tasks held back by dependencies, each with the dependencies that

@@ -347,3 +347,47 @@ fn list_json_streams_in_creation_order_with_errors() {
     let v = env.json(&["list", "--json", "-s", "claimed"], 0);
     assert_eq!(v["tasks"], serde_json::json!([]));
 }
+
+/// Real processes: `events --follow --json` started before an archive
+/// keeps printing across the rotation, every event once and in order.
+#[test]
+fn events_follow_reads_across_a_rotation() {
+    use std::io::BufRead;
+    let env = queue();
+    let mut follower = env
+        .std_cmd()
+        .args(["events", "--follow", "--json", "--poll", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn events --follow");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    let mut wait_for = |seen: &mut Vec<Value>, what: &dyn Fn(&Value) -> bool| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("events --follow stopped printing");
+        let v: Value = serde_json::from_str(&line).expect("JSON line");
+        let hit = what(&v);
+        seen.push(v);
+        if hit {
+            return;
+        }
+    };
+    wait_for(&mut seen, &|v| v["event"] == "task_cancelled");
+    env.ok(&["archive", "--older-than", "0"]);
+    assert!(env.dir().join("events/000000000001.jsonl").is_file());
+    env.ok(&["create-task", "--id", "after", "after the rotation"]);
+    wait_for(&mut seen, &|v| v["task_id"] == "after");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(seen, events(&env));
+}

@@ -371,7 +371,7 @@ fn events_follow_reads_across_a_rotation() {
         }
     });
     let mut seen: Vec<Value> = Vec::new();
-    let mut wait_for = |seen: &mut Vec<Value>, what: &dyn Fn(&Value) -> bool| loop {
+    let wait_for = |seen: &mut Vec<Value>, what: &dyn Fn(&Value) -> bool| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("events --follow stopped printing");

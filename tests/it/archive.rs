@@ -95,6 +95,10 @@ fn archive_moves_finished_tasks_keeps_what_live_tasks_need() {
         .map(|e| e["task_id"].as_str().unwrap())
         .collect();
     assert_eq!(archived, ["c", "d"]);
+    // doctor finds nothing wrong (index rebuilt, no dangling dependency).
+    let d = env.json(&["doctor", "--json"], 0);
+    assert_eq!(d["clean"], true, "{d}");
+    assert!(!env.dir().join("index/dependents/d").exists());
     // The claim index knows nothing of them; the queue still works.
     let claim = env.claim("w", &[]);
     assert_eq!(claim.id, "b");

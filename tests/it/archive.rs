@@ -395,3 +395,35 @@ fn events_follow_reads_across_a_rotation() {
     let _ = follower.wait();
     assert_eq!(seen, events(&env));
 }
+
+/// A checkpoint ahead of the log (the history deleted, or replaced by a
+/// shorter one) is ignored: the counters restart from what is left.
+#[test]
+fn metrics_ignores_a_checkpoint_ahead_of_the_log() {
+    let env = queue();
+    let lines: String = (0..1100)
+        .map(|i| {
+            format!(
+                "{{\"ts\":\"2026-01-01T00:00:00.000Z\",\"event\":\"task_created\",\"task_id\":\"x{i}\",\"to\":\"pending\"}}\n"
+            )
+        })
+        .collect();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.dir().join("events.jsonl"))
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let m = env.json(&["metrics", "--json"], 0);
+    assert_eq!(m["counters"]["created"], 1104);
+    assert!(env.dir().join("events/checkpoint.json").is_file());
+    // The log replaced by a shorter one: one task_created line.
+    std::fs::write(
+        env.dir().join("events.jsonl"),
+        "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"event\":\"task_created\",\"task_id\":\"y\",\"to\":\"pending\"}\n",
+    )
+    .unwrap();
+    let m = env.json(&["metrics", "--json"], 0);
+    assert_eq!(m["counters"]["created"], 1);
+}

@@ -169,9 +169,13 @@ fn a_named_claim_raced_from_two_mounts_is_granted_once() {
             .args(["create-task", "race", "--id", &id])
             .output()
             .unwrap();
-        let children: Vec<Child> = (0..8)
+        let children: Vec<Child> = (0..8u32)
             .map(|i| {
-                let mut c = if i.is_multiple_of(2) { s.cmd_a() } else { s.cmd_b() };
+                let mut c = if i.is_multiple_of(2) {
+                    s.cmd_a()
+                } else {
+                    s.cmd_b()
+                };
                 c.args([
                     "claim",
                     &id,
@@ -232,7 +236,7 @@ fn concurrent_batch_creates_from_two_mounts_get_distinct_seq() {
         return;
     };
     let me = std::env::current_exe().unwrap();
-    let children: Vec<Child> = (0..4)
+    let children: Vec<Child> = (0..4u32)
         .map(|i| {
             Command::new(&me)
                 .args(["--exact", "child_batch_create", "--ignored", "--nocapture"])
@@ -279,7 +283,11 @@ fn workers_on_two_mounts_drain_600_tasks_through_sigkills() {
         .collect();
     c.create_batch(specs, orchestrate::BatchIds::Exact).unwrap();
     let spawn = |n: usize| -> Child {
-        let mut c = if n.is_multiple_of(2) { s.cmd_a() } else { s.cmd_b() };
+        let mut c = if n.is_multiple_of(2) {
+            s.cmd_a()
+        } else {
+            s.cmd_b()
+        };
         c.args([
             "work",
             "--adapter",

@@ -104,6 +104,10 @@ pub enum Command {
     Discoveries(discoveries::DiscoveriesArgs),
     /// Rebuild the derived claim index from the task files
     Reindex,
+    /// Move finished tasks older than --older-than out of tasks/ into
+    /// archive/ (show and list --archived still read them), then rotate the
+    /// event log into a segment
+    Archive(tasks::ArchiveArgs),
     /// Check every file against the spec; --fix repairs what can be repaired (exit 65: damage left)
     Doctor(tasks::DoctorArgs),
     /// Plan a goal with a leader agent (or take --tasks) and run N workers until done
@@ -193,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 tag: a.tag,
                 ready: true,
                 blocked: false,
+                archived: false,
             },
         ),
         Command::Show(a) => tasks::show(g, a),
@@ -204,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Example(a) => config::example(g, a),
         Command::Discover(a) => discoveries::discover(g, a),
         Command::Discoveries(a) => discoveries::discoveries(g, a),
+        Command::Archive(a) => tasks::archive(g, a),
         Command::Doctor(a) => tasks::doctor(g, a),
         Command::Run(a) => run::run(g, a),
         Command::FromConfig(a) => run::from_config(g, a),

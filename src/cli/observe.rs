@@ -175,7 +175,7 @@ pub fn events(g: &Global, a: EventsArgs) -> Result<u8> {
     } else {
         None
     };
-    let mut tail = LogReader::new(&c.layout().events(), 0);
+    let mut tail = LogReader::history(&c.layout().events());
     loop {
         // One buffered writer per batch, flushed before waiting: a line per
         // write(2) made a 1 GiB log cost seven million system calls.
@@ -261,21 +261,27 @@ pub fn graph(g: &Global, a: GraphArgs) -> Result<u8> {
 fn snapshot(c: &Coordination) -> Result<serde_json::Value> {
     let s = c.status()?;
     let now = c.now();
-    let listing = c.list()?;
-    let running: Vec<serde_json::Value> = listing
-        .tasks
-        .iter()
-        .filter(|t| t.status == Status::Claimed)
-        .map(|t| {
-            json!({
-                "id": t.id,
-                "agent_id": t.claimed_by,
-                "attempt": t.attempts,
-                "elapsed_ms": t.claimed_at.map(|x| clock::ms_between(x, now)),
-                "description": t.description,
-            })
-        })
-        .collect();
+    // One task at a time: only the running ones are kept.
+    let mut running: Vec<(u64, serde_json::Value)> = Vec::new();
+    c.for_each_task(|r| {
+        if let Ok(t) = r {
+            if t.status == Status::Claimed {
+                running.push((
+                    t.seq,
+                    json!({
+                        "id": t.id,
+                        "agent_id": t.claimed_by,
+                        "attempt": t.attempts,
+                        "elapsed_ms": t.claimed_at.map(|x| clock::ms_between(x, now)),
+                        "description": t.description,
+                    }),
+                ));
+            }
+        }
+        Ok::<(), orchestrate::Error>(())
+    })?;
+    running.sort_by_key(|(seq, _)| *seq);
+    let running: Vec<serde_json::Value> = running.into_iter().map(|(_, v)| v).collect();
     Ok(
         json!({ "counts": s.counts, "total": s.total, "ready": s.ready, "running": running, "timestamp": clock::format(&now) }),
     )
@@ -421,10 +427,12 @@ pub fn watch(g: &Global, a: WatchArgs) -> Result<u8> {
     let root = c.layout().root().to_path_buf();
     let w = ChangeWatcher::new(&[root.clone(), c.layout().tasks_dir()], a.poll)?;
     let path = c.layout().events();
+    // Only the live log's last bytes: the recent events, at a cost that
+    // does not grow with history.
     let mut tail = if g.json || a.events == 0 {
         LogReader::at_end(&path)
     } else {
-        LogReader::new(&path, 0)
+        LogReader::tail(&path, (a.events as u64).saturating_mul(4096))
     };
     let mut recent: std::collections::VecDeque<Event> = Default::default();
     let tty = std::io::stdout().is_terminal();

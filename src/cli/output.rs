@@ -13,6 +13,57 @@ pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One pretty JSON document `{"<key>": [ ...items... ], ...}` written on
+/// stdout as the items come ([`JsonArrayDoc::push`]), so memory does not
+/// grow with their number (`list --json` at 100,000 tasks); the members
+/// after the array are written by [`JsonArrayDoc::finish`].
+pub struct JsonArrayDoc {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    first: bool,
+}
+
+impl JsonArrayDoc {
+    /// Starts the document and its array member `key`.
+    pub fn start(key: &str) -> anyhow::Result<Self> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        write!(out, "{{\n  {}: [", serde_json::to_string(key)?)?;
+        Ok(JsonArrayDoc { out, first: true })
+    }
+
+    /// Writes one item of the array.
+    pub fn push(&mut self, item: &impl Serialize) -> anyhow::Result<()> {
+        self.out
+            .write_all(if self.first { b"\n    " } else { b",\n    " })?;
+        self.first = false;
+        let text = serde_json::to_string_pretty(item)?;
+        self.out
+            .write_all(text.replace('\n', "\n    ").as_bytes())?;
+        Ok(())
+    }
+
+    /// Closes the array, writes the members `rest` after it, and ends the
+    /// document.
+    pub fn finish(
+        mut self,
+        rest: serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        self.out
+            .write_all(if self.first { b"]" } else { b"\n  ]" })?;
+        for (k, v) in rest {
+            let text = serde_json::to_string_pretty(&v)?;
+            write!(
+                self.out,
+                ",\n  {}: {}",
+                serde_json::to_string(&k)?,
+                text.replace('\n', "\n  ")
+            )?;
+        }
+        self.out.write_all(b"\n}\n")?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
 /// Prints one JSON Lines record on stdout and flushes it.
 pub fn json_line(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

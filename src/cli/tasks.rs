@@ -266,6 +266,32 @@ pub struct ListArgs {
     /// waits on and their state
     #[arg(long, conflicts_with = "status")]
     pub blocked: bool,
+    /// List the archived tasks (archive/, see `orchestrate archive`) instead
+    #[arg(long, conflicts_with_all = ["ready", "blocked"])]
+    pub archived: bool,
+}
+
+/// `orchestrate archive`.
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Only tasks finished at least this long ago: 0, 30m, 2h, 7d
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_age)]
+    pub older_than: std::time::Duration,
+    /// Only tasks in these states (repeatable or comma-separated: completed, cancelled, dead)
+    #[arg(long = "status", short = 's', value_name = "S", value_delimiter = ',')]
+    pub status: Vec<String>,
+    /// Print what would move and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// A duration for --older-than: `0`, or a humantime duration (`30m`, `7d`).
+fn parse_age(s: &str) -> std::result::Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: use a duration such as 0, 30m, 2h or 7d"))
 }
 
 /// `orchestrate status`.
@@ -817,11 +843,56 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         .map(|s| Status::parse(s))
         .collect::<orchestrate::Result<Vec<_>>>()?;
     let c = open(g)?;
-    let mut listing = c.list()?;
+    let keep = |t: &Task| {
+        (statuses.is_empty() || statuses.contains(&t.status))
+            && a.tag
+                .as_ref()
+                .is_none_or(|tag| t.context.tags.contains(tag))
+    };
+    if g.json && !a.ready && !a.blocked {
+        // Streamed: one task at a time from its file to stdout (spec 11).
+        let mut doc = output::JsonArrayDoc::start("tasks")?;
+        let mut errors: Vec<String> = Vec::new();
+        let mut each = |r: std::result::Result<Task, orchestrate::Error>| -> Result<()> {
+            match r {
+                Ok(t) if keep(&t) => doc.push(&shown(t, a.archived))?,
+                Ok(_) => {}
+                Err(e) => {
+                    output::eline(format!("orchestrate: warning: {e}"));
+                    errors.push(e.to_string());
+                }
+            }
+            Ok(())
+        };
+        if a.archived {
+            c.for_each_archived(&mut each)?;
+        } else {
+            c.for_each_task_in_order(&mut each)?;
+        }
+        let mut rest = serde_json::Map::new();
+        rest.insert("errors".into(), json!(errors));
+        doc.finish(rest)?;
+        return Ok(0);
+    }
+    let mut listing = if a.archived {
+        let mut l = orchestrate::Listing::default();
+        c.for_each_archived(|r| {
+            match r {
+                Ok(t) => l.tasks.push(shown(t, true)),
+                Err(e) => l.errors.push(e),
+            }
+            Ok::<(), orchestrate::Error>(())
+        })?;
+        l.tasks.sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
+        l
+    } else if a.ready {
+        // One listing, with its errors, held once in memory.
+        c.ready_listing()?
+    } else {
+        c.list()?
+    };
     let mut waiting_on: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
-    if a.ready {
-        listing.tasks = c.ready()?;
-    } else if a.blocked {
+    if a.blocked {
         let w = c.waiting()?;
         for (t, open) in &w {
             waiting_on.insert(
@@ -833,31 +904,35 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
         }
         listing.tasks = w.into_iter().map(|(t, _)| t).collect();
     }
-    let tasks: Vec<&Task> = listing
-        .tasks
-        .iter()
-        .filter(|t| statuses.is_empty() || statuses.contains(&t.status))
-        .filter(|t| {
-            a.tag
-                .as_ref()
-                .is_none_or(|tag| t.context.tags.contains(tag))
-        })
-        .collect();
+    let tasks: Vec<&Task> = listing.tasks.iter().filter(|t| keep(t)).collect();
     for e in &listing.errors {
         output::eline(format!("orchestrate: warning: {e}"));
     }
     if g.json {
-        let mut doc = json!({
-            "tasks": tasks,
-            "errors": listing.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-        });
-        if a.blocked {
-            doc["waiting_on"] = json!(waiting_on);
+        // Written task by task, never as one JSON value tree (which took
+        // five times the tasks' own memory).
+        let mut doc = output::JsonArrayDoc::start("tasks")?;
+        for t in &tasks {
+            doc.push(t)?;
         }
-        output::json(&doc)?;
+        let mut rest = serde_json::Map::new();
+        rest.insert(
+            "errors".into(),
+            json!(listing
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()),
+        );
+        if a.blocked {
+            rest.insert("waiting_on".into(), json!(waiting_on));
+        }
+        doc.finish(rest)?;
     } else if tasks.is_empty() {
         output::line(if a.ready {
             "no task is ready"
+        } else if a.archived {
+            "no archived tasks"
         } else if a.blocked {
             "no task waits on a dependency"
         } else {
@@ -933,10 +1008,80 @@ pub fn list(g: &Global, a: ListArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `t` as `show` and `list` print it: an archived task carries
+/// `"archived": true` (spec 18.1).
+fn shown(mut t: Task, archived: bool) -> Task {
+    if archived {
+        t.extra.insert("archived".into(), json!(true));
+    }
+    t
+}
+
 pub fn show(g: &Global, a: IdArg) -> Result<u8> {
     let c = open(g)?;
-    let t = c.get(&a.id)?;
-    print_task(g, &t, || output::task_details(&t))
+    // tasks/ first, then archive/: a task being archived is in one of the
+    // two whenever either is read (spec 18.2).
+    let t = match c.get(&a.id) {
+        Err(orchestrate::Error::TaskNotFound(id)) => match c.get_archived(&a.id)? {
+            Some(t) => shown(t, true),
+            None => return Err(orchestrate::Error::TaskNotFound(id).into()),
+        },
+        r => r?,
+    };
+    print_task(g, &t, || {
+        let mut s = output::task_details(&t);
+        if t.extra.contains_key("archived") {
+            s.push_str(&format!("\narchived:    archive/{}.json", t.id));
+        }
+        s
+    })
+}
+
+pub fn archive(g: &Global, a: ArchiveArgs) -> Result<u8> {
+    let statuses = a
+        .status
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Status::parse(s.trim()))
+        .collect::<orchestrate::Result<Vec<_>>>()?;
+    let c = open(g)?;
+    let req = orchestrate::protocol::archive::ArchiveRequest {
+        older_than_ms: u64::try_from(a.older_than.as_millis()).unwrap_or(u64::MAX),
+        statuses,
+        dry_run: a.dry_run,
+    };
+    let r = c.archive(&req)?;
+    if r.rotated_segment.is_some() {
+        // Counters keep what the rotated segment held (spec 3.7); a
+        // failure only makes the next `metrics` read more.
+        if let Err(e) = orchestrate::observe::metrics::collect(&c) {
+            output::eline(format!("orchestrate: warning: metrics checkpoint: {e}"));
+        }
+    }
+    if g.json {
+        output::json(&r)?;
+        return Ok(0);
+    }
+    let verb = if r.dry_run {
+        "would archive"
+    } else {
+        "archived"
+    };
+    let n = r.archived.len();
+    output::line(format!("{verb} {n} task{}", if n == 1 { "" } else { "s" }))?;
+    for t in &r.archived {
+        output::line(format!("  {} ({}) -> {}", t.id, t.status, t.path))?;
+    }
+    for k in &r.kept {
+        output::line(format!(
+            "  kept {}: task {} still depends on it",
+            k.id, k.needed_by
+        ))?;
+    }
+    if let Some(k) = r.rotated_segment {
+        output::line(format!("event log rotated into events/{k:012}.jsonl"))?;
+    }
+    Ok(0)
 }
 
 pub fn status(g: &Global) -> Result<u8> {

@@ -286,6 +286,20 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         }
     }
 
+    // 0b. An archive interrupted by a crash (`spec` 18.2): tasks under two
+    // names until the next mutation rolls it forward.
+    let intent = c.layout().archive_intent();
+    if crate::protocol::fsroot::exists(&intent) {
+        col.add(
+            "archive_intent",
+            Severity::Warning,
+            &rel(&root, &intent),
+            "an archive was interrupted: some tasks may be in both tasks/ and archive/".into(),
+            "finish it (any mutation does; doctor --fix runs one)",
+            true,
+        );
+    }
+
     // 1. Files in tasks/, the root and agents/.
     for dir in [
         root.clone(),
@@ -663,6 +677,7 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
                 "index_stale"
                     | "index_missing"
                     | "unfinished_batch"
+                    | "archive_intent"
                     | "corrupt_file"
                     | "symlink"
                     | "stray_file"
@@ -673,7 +688,7 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
         for f in col.findings.iter_mut() {
             if matches!(
                 f.kind.as_str(),
-                "index_stale" | "index_missing" | "unfinished_batch"
+                "index_stale" | "index_missing" | "unfinished_batch" | "archive_intent"
             ) {
                 f.fixed = true;
             }

@@ -21,7 +21,7 @@ pub const BUCKETS_S: [f64; 14] = [
 ];
 
 /// A cumulative histogram in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Histogram {
     /// Count per bucket of [`BUCKETS_S`] (cumulative, as Prometheus wants).
     pub buckets: Vec<u64>,
@@ -86,91 +86,269 @@ fn ts(e: &Event) -> Option<Timestamp> {
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
-/// Reads the task files and the event log and computes [`Metrics`].
-///
-/// # Errors
-/// I/O errors reading `tasks/` or `events.jsonl`.
-pub fn collect(c: &Coordination) -> Result<Metrics> {
-    let status = c.status()?;
-    let now = c.now();
-    let mut counters: BTreeMap<String, u64> = [
-        "created",
-        "claims",
-        "completions",
-        "failures",
-        "retries",
-        "lease_expiries",
-        "dead",
-        "cancelled",
-        "releases",
-    ]
-    .iter()
-    .map(|k| (k.to_string(), 0))
-    .collect();
-    let mut wait = Histogram::default();
-    let mut run = Histogram::default();
-    let mut claimable_since: HashMap<String, Timestamp> = HashMap::new();
-    let mut claimed_at: HashMap<String, Timestamp> = HashMap::new();
-    let (mut last_min, mut last_hour) = (0, 0);
-    events::for_each(&c.layout().events(), |e| {
-        let e = &e;
+/// Version of the checkpoint file this build writes and reads (`spec` 3.7).
+pub const CHECKPOINT_VERSION: u64 = 1;
+
+/// A checkpoint is written when at least this many events were read past
+/// the previous one, so `metrics` reads at most about this many events of
+/// the log however long the history (`spec` 3.7).
+pub const CHECKPOINT_EVERY_EVENTS: u64 = 1000;
+
+/// The counters' state as of a position in the event history, kept in
+/// `events/checkpoint.json` (`spec` 3.7) so that `metrics` reads only the
+/// events after it: its time and memory do not grow with history.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// [`CHECKPOINT_VERSION`]; another value: the file is ignored.
+    pub version: u64,
+    /// Every event before this position is counted in, none after it.
+    pub position: events::Position,
+    /// When it was written (RFC 3339).
+    pub written_at: String,
+    /// The counters (`created`, `claims`, ...), as in [`Metrics::counters`].
+    pub counters: BTreeMap<String, u64>,
+    /// Wait-time histogram so far.
+    pub wait_seconds: Histogram,
+    /// Run-time histogram so far.
+    pub run_seconds: Histogram,
+    /// Tasks waiting to be claimed: id to the Unix milliseconds since when.
+    pub claimable_since_ms: BTreeMap<String, i64>,
+    /// Tasks claimed: id to the Unix milliseconds of the claim.
+    pub claimed_at_ms: BTreeMap<String, i64>,
+    /// Completions per Unix second, for the seconds within an hour of
+    /// `written_at` (throughput over the last minute and hour).
+    pub completions_per_second: BTreeMap<i64, u64>,
+}
+
+const COUNTERS: [&str; 9] = [
+    "created",
+    "claims",
+    "completions",
+    "failures",
+    "retries",
+    "lease_expiries",
+    "dead",
+    "cancelled",
+    "releases",
+];
+
+/// The running fold of events into counters (spec 16.2): what a checkpoint
+/// holds. Its memory is bounded by the live tasks and an hour of seconds.
+#[derive(Debug, Clone)]
+struct Fold {
+    counters: BTreeMap<String, u64>,
+    wait: Histogram,
+    run: Histogram,
+    claimable_since: HashMap<String, i64>,
+    claimed_at: HashMap<String, i64>,
+    completions: BTreeMap<i64, u64>,
+}
+
+impl Fold {
+    fn new() -> Self {
+        Fold {
+            counters: COUNTERS.iter().map(|k| (k.to_string(), 0)).collect(),
+            wait: Histogram::default(),
+            run: Histogram::default(),
+            claimable_since: HashMap::new(),
+            claimed_at: HashMap::new(),
+            completions: BTreeMap::new(),
+        }
+    }
+
+    fn from_checkpoint(cp: Checkpoint) -> Self {
+        let mut f = Fold::new();
+        f.counters.extend(cp.counters);
+        f.wait = cp.wait_seconds;
+        f.run = cp.run_seconds;
+        f.claimable_since = cp.claimable_since_ms.into_iter().collect();
+        f.claimed_at = cp.claimed_at_ms.into_iter().collect();
+        f.completions = cp.completions_per_second;
+        f
+    }
+
+    fn bump(&mut self, k: &str) {
+        *self.counters.entry(k.into()).or_default() += 1
+    }
+
+    fn apply(&mut self, e: &Event, now_ms: i64) {
         let (Some(id), Some(t)) = (e.task_id.clone(), ts(e)) else {
             return;
         };
-        let bump = |counters: &mut BTreeMap<String, u64>, k: &str| {
-            *counters.entry(k.into()).or_default() += 1
-        };
+        let t = t.timestamp_millis();
         match e.event.as_str() {
             "task_created" => {
-                bump(&mut counters, "created");
-                claimable_since.insert(id, t);
+                self.bump("created");
+                self.claimable_since.insert(id, t);
             }
             "task_claimed" => {
-                bump(&mut counters, "claims");
-                if let Some(since) = claimable_since.remove(&id) {
-                    wait.observe(clock::ms_between(since, t) as f64 / 1000.0);
+                self.bump("claims");
+                if let Some(since) = self.claimable_since.remove(&id) {
+                    self.wait.observe((t - since) as f64 / 1000.0);
                 }
-                claimed_at.insert(id, t);
+                self.claimed_at.insert(id, t);
             }
             "task_completed" | "task_failed" | "task_expired" | "task_released" => {
                 match e.event.as_str() {
                     "task_completed" => {
-                        bump(&mut counters, "completions");
-                        let age = clock::ms_between(t, now);
-                        if age <= 60_000 {
-                            last_min += 1;
-                        }
-                        if age <= 3_600_000 {
-                            last_hour += 1;
+                        self.bump("completions");
+                        if now_ms - t <= 3_600_000 {
+                            *self.completions.entry(t.div_euclid(1000)).or_default() += 1;
                         }
                     }
-                    "task_failed" => bump(&mut counters, "failures"),
-                    "task_expired" => bump(&mut counters, "lease_expiries"),
-                    _ => bump(&mut counters, "releases"),
+                    "task_failed" => self.bump("failures"),
+                    "task_expired" => self.bump("lease_expiries"),
+                    _ => self.bump("releases"),
                 }
-                if let Some(start) = claimed_at.remove(&id) {
+                if let Some(start) = self.claimed_at.remove(&id) {
                     if e.event != "task_released" {
-                        run.observe(clock::ms_between(start, t) as f64 / 1000.0);
+                        self.run.observe((t - start) as f64 / 1000.0);
                     }
                 }
                 if e.to.as_deref() == Some("pending") {
                     if e.event != "task_released" {
-                        bump(&mut counters, "retries");
+                        self.bump("retries");
                     }
-                    claimable_since.insert(id, t);
+                    self.claimable_since.insert(id, t);
                 }
             }
             "task_retried" | "task_unblocked" => {
                 if e.event == "task_retried" {
-                    bump(&mut counters, "retries");
+                    self.bump("retries");
                 }
-                claimable_since.insert(id, t);
+                self.claimable_since.insert(id, t);
             }
-            "task_dead" => bump(&mut counters, "dead"),
-            "task_cancelled" => bump(&mut counters, "cancelled"),
+            "task_dead" => {
+                self.bump("dead");
+                self.claimable_since.remove(&id);
+            }
+            "task_cancelled" => {
+                self.bump("cancelled");
+                self.claimable_since.remove(&id);
+                self.claimed_at.remove(&id);
+            }
+            // No longer waiting (blocked: measured again from the unblock;
+            // archived: gone), so the maps hold only live tasks.
+            "task_blocked" | "task_archived" => {
+                self.claimable_since.remove(&id);
+                self.claimed_at.remove(&id);
+            }
             _ => {}
         }
+    }
+
+    /// Completions within `window_ms` of `now_ms` (one-second resolution).
+    fn completed_within(&self, now_ms: i64, window_ms: i64) -> u64 {
+        self.completions
+            .range((now_ms - window_ms).div_euclid(1000)..)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn checkpoint(&self, position: events::Position, now_ms: i64, now: &Timestamp) -> Checkpoint {
+        Checkpoint {
+            version: CHECKPOINT_VERSION,
+            position,
+            written_at: clock::format(now),
+            counters: self.counters.clone(),
+            wait_seconds: self.wait.clone(),
+            run_seconds: self.run.clone(),
+            claimable_since_ms: self
+                .claimable_since
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            claimed_at_ms: self
+                .claimed_at
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            completions_per_second: self
+                .completions
+                .range((now_ms - 3_600_000).div_euclid(1000)..)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+        }
+    }
+}
+
+/// `events/checkpoint.json` of `c` (`spec` 3.7).
+pub fn checkpoint_path(c: &Coordination) -> std::path::PathBuf {
+    c.layout().event_segments_dir().join("checkpoint.json")
+}
+
+/// Reads the checkpoint and checks it against the history: `None` when it
+/// is missing, unreadable, of another version, or ahead of the log (a log
+/// truncated or replaced), in which case the whole history is read.
+fn load_checkpoint(c: &Coordination) -> Option<Checkpoint> {
+    let p = checkpoint_path(c);
+    let bytes = crate::protocol::store::read_bytes(&p).ok()??;
+    let cp: Checkpoint = serde_json::from_slice(&bytes).ok()?;
+    if cp.version != CHECKPOINT_VERSION {
+        return None;
+    }
+    let live = c.layout().events();
+    let segs = events::segments(&live).ok()?;
+    let live_no = segs.last().copied().unwrap_or(0) + 1;
+    let pos = cp.position;
+    let len_of = |p: &std::path::Path| {
+        crate::protocol::fsroot::symlink_metadata(p)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let ok = if pos.segment == live_no {
+        len_of(&live) >= pos.offset
+    } else if pos.segment < live_no {
+        // A deleted segment is fine: the checkpoint is why it may go.
+        !segs.contains(&pos.segment)
+            || len_of(&events::segment_path(&live, pos.segment)) >= pos.offset
+    } else {
+        false
+    };
+    ok.then_some(cp)
+}
+
+/// Reads the task files, the checkpoint and the events after it, and
+/// computes [`Metrics`] (`spec` 16.2, 3.7). When more than
+/// [`CHECKPOINT_EVERY_EVENTS`] events were read past the checkpoint, a new
+/// one is written (best effort, without the lock: a failure only costs the
+/// next reader time).
+///
+/// # Errors
+/// I/O errors reading `tasks/` or the event log.
+pub fn collect(c: &Coordination) -> Result<Metrics> {
+    let status = c.status()?;
+    let now = c.now();
+    let now_ms = now.timestamp_millis();
+    let live = c.layout().events();
+    let (mut fold, mut reader) = match load_checkpoint(c) {
+        Some(cp) => {
+            let pos = cp.position;
+            (Fold::from_checkpoint(cp), events::LogReader::at(&live, pos))
+        }
+        None => (Fold::new(), events::LogReader::history(&live)),
+    };
+    let mut read = 0u64;
+    reader.read_events(|e| {
+        fold.apply(&e, now_ms);
+        read += 1;
+        Ok::<(), crate::Error>(())
     })?;
+    if read >= CHECKPOINT_EVERY_EVENTS {
+        let cp = fold.checkpoint(reader.position(), now_ms, &now);
+        let r =
+            crate::protocol::store::ensure_dir(&c.layout().event_segments_dir()).and_then(|()| {
+                crate::protocol::store::write_atomic(
+                    &checkpoint_path(c),
+                    &crate::protocol::store::to_pretty(&cp)?,
+                    false,
+                    false,
+                )
+            });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not write the metrics checkpoint");
+        }
+    }
     Ok(Metrics {
         tasks_by_state: status
             .counts
@@ -179,11 +357,11 @@ pub fn collect(c: &Coordination) -> Result<Metrics> {
             .collect(),
         ready: status.ready as u64,
         active_agents: status.agents.len() as u64,
-        counters,
-        wait_seconds: wait,
-        run_seconds: run,
-        completed_last_minute: last_min,
-        completed_last_hour: last_hour,
+        completed_last_minute: fold.completed_within(now_ms, 60_000),
+        completed_last_hour: fold.completed_within(now_ms, 3_600_000),
+        counters: fold.counters,
+        wait_seconds: fold.wait,
+        run_seconds: fold.run,
         oldest_pending_age_seconds: status.oldest_pending_age_ms.unwrap_or(0).max(0) as f64
             / 1000.0,
         timestamp: clock::format(&now),

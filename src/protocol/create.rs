@@ -19,7 +19,9 @@ impl Txn<'_> {
                     }
                     let want = TaskId::new(key.as_str())?;
                     let taken = |id: &TaskId| {
-                        used.contains(id) || c.layout.task(id).symlink_metadata().is_ok()
+                        used.contains(id)
+                            || c.layout.task(id).symlink_metadata().is_ok()
+                            || c.is_archived(id)
                     };
                     let id = if !taken(&want) {
                         want
@@ -47,7 +49,10 @@ impl Txn<'_> {
                 }
                 None => loop {
                     let id = TaskId::generate();
-                    if !used.contains(&id) && c.layout.task(&id).symlink_metadata().is_err() {
+                    if !used.contains(&id)
+                        && c.layout.task(&id).symlink_metadata().is_err()
+                        && !c.is_archived(&id)
+                    {
                         break id;
                     }
                 },
@@ -69,6 +74,12 @@ impl Txn<'_> {
                         match store::read_task(&c.layout.task(&id), &id)? {
                             Some(t) => {
                                 existing.insert(id.clone(), t.status);
+                            }
+                            None if c.is_archived(&id) => {
+                                return Err(Error::Invalid(format!(
+                                    "task `{}` depends on `{d}`, which is archived (spec 18): a new task cannot depend on an archived one",
+                                    s.id.as_deref().unwrap_or(&s.description.chars().take(40).collect::<String>())
+                                )))
                             }
                             None => {
                                 return Err(Error::Invalid(format!(

@@ -487,6 +487,12 @@ impl Index {
         remove_line(&self.root.join("leases"), name)
     }
 
+    /// Marks this index stale (removes `index/version`), so the next
+    /// mutation rebuilds it (`spec` 9, rule 4).
+    pub fn mark_stale(&self) {
+        let _ = crate::protocol::fsroot::remove_file(&self.root.join("version"));
+    }
+
     pub fn next_seq(&self) -> Result<u64> {
         let p = self.root.join("next_seq");
         read_lines(&p)?
@@ -582,12 +588,15 @@ impl Index {
         }
         write(tmp.join("waiting"), &waiting)?;
         write(tmp.join("leases"), &leases)?;
-        fresh.set_next_seq(max_seq.checked_add(1).ok_or_else(|| {
+        // Never hand out a seq again: tasks archived (spec 18) took theirs
+        // with them, so the old counter is kept when it is ahead.
+        let next = max_seq.checked_add(1).ok_or_else(|| {
             Error::corrupt(
                 self.root.join("next_seq"),
                 "a task file holds `seq` 18446744073709551615, the maximum: no new task can get a larger one",
             )
-        })?)?;
+        })?;
+        fresh.set_next_seq(next.max(self.next_seq().unwrap_or(0)))?;
         crate::protocol::store::write_plain(
             &tmp.join("version"),
             format!("{}\n", Self::version_line()).as_bytes(),

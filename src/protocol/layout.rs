@@ -77,6 +77,23 @@ impl Layout {
     pub fn agents_dir(&self) -> PathBuf {
         self.root.join("agents")
     }
+    /// `archive/`, finished tasks moved out of `tasks/` (`spec` section 18).
+    pub fn archive_dir(&self) -> PathBuf {
+        self.root.join("archive")
+    }
+    /// `archive/<id>.json`, an archived task (`spec` section 18).
+    pub fn archived_task(&self, id: &TaskId) -> PathBuf {
+        self.root.join("archive").join(format!("{id}.json"))
+    }
+    /// The intent record of an unfinished archive (`spec` section 18.2).
+    pub fn archive_intent(&self) -> PathBuf {
+        self.root.join("archive").join(".archive-intent.json")
+    }
+    /// `events/`, the rotated segments of the event log and the metrics
+    /// checkpoint (`spec` section 3.6).
+    pub fn event_segments_dir(&self) -> PathBuf {
+        self.root.join("events")
+    }
 }
 
 /// The fixed temp-file name used for atomic writes in a directory

@@ -19,6 +19,7 @@
 //! under the directory lock in a `Txn`, which first finishes what a crashed
 //! writer left (batch intent, stale index) and reaps expired leases.
 
+pub mod archive;
 pub mod clock;
 pub mod config;
 pub mod dag;
@@ -863,9 +864,73 @@ impl Coordination {
     /// # Errors
     /// [`Error::Io`] when `tasks/` cannot be listed.
     pub fn list(&self) -> Result<Listing> {
-        let dir = self.layout.tasks_dir();
         let mut out = Listing::default();
-        let rd = crate::protocol::fsroot::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        self.for_each_task(|r| {
+            match r {
+                Ok(t) => out.tasks.push(t),
+                Err(e) => out.errors.push(e),
+            }
+            Ok::<(), Error>(())
+        })?;
+        out.tasks
+            .sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
+        Ok(out)
+    }
+
+    /// Calls `f` with each task of `tasks/` (or the error reading its
+    /// file), in directory order, one at a time and without locking (`spec`
+    /// 4.6): memory does not grow with the number of tasks. A file that
+    /// disappears while the scan runs (archived, rolled back) is skipped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `tasks/` cannot be listed; what `f` returns.
+    pub fn for_each_task<E: From<Error>>(
+        &self,
+        f: impl FnMut(std::result::Result<Task, Error>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.scan_tasks(&self.layout.tasks_dir(), f)
+    }
+
+    /// As [`Coordination::for_each_task`], in seq order: a first pass keeps
+    /// only each task's `seq` and id (tens of bytes a task), a second reads
+    /// each file again and hands it to `f`. A task created between the
+    /// passes is left out, one archived between them is skipped.
+    ///
+    /// # Errors
+    /// As [`Coordination::for_each_task`].
+    pub fn for_each_task_in_order<E: From<Error>>(
+        &self,
+        mut f: impl FnMut(std::result::Result<Task, Error>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let dir = self.layout.tasks_dir();
+        let mut keys: Vec<(u64, TaskId)> = Vec::new();
+        self.scan_tasks(&dir, |r| {
+            match r {
+                Ok(t) => keys.push((t.seq, t.id)),
+                Err(e) => f(Err(e))?,
+            }
+            Ok::<(), E>(())
+        })?;
+        keys.sort();
+        for (_, id) in keys {
+            let path = self.layout.task(&id);
+            match store::read_task(&path, &id) {
+                Ok(Some(t)) => f(Ok(t))?,
+                Ok(None) => {}
+                Err(e) => f(Err(e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads each `<id>.json` of `dir` (`tasks/` or `archive/`) and calls
+    /// `f` with it, skipping hidden names and names not ending in `.json`.
+    fn scan_tasks<E: From<Error>>(
+        &self,
+        dir: &Path,
+        mut f: impl FnMut(std::result::Result<Task, Error>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let rd = crate::protocol::fsroot::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
         for (name, _) in rd {
             let Some(name) = name.to_str() else { continue };
             if layout::is_hidden(name) {
@@ -878,81 +943,120 @@ impl Coordination {
             let id = match TaskId::new(stem) {
                 Ok(id) => id,
                 Err(_) => {
-                    out.errors
-                        .push(Error::corrupt(path, "file name is not a valid task id"));
+                    f(Err(Error::corrupt(
+                        path,
+                        "file name is not a valid task id",
+                    )))?;
                     continue;
                 }
             };
             match store::read_task(&path, &id) {
-                Ok(Some(t)) => out.tasks.push(t),
+                Ok(Some(t)) => f(Ok(t))?,
                 Ok(None) => {}
-                Err(e) => out.errors.push(e),
+                Err(e) => f(Err(e))?,
             }
         }
-        out.tasks
-            .sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
-        Ok(out)
+        Ok(())
     }
 
-    /// Counts, ready tasks and holdings, computed from a full read of
-    /// `tasks/` (`spec` section 11, `status`).
+    /// Counts, ready tasks and holdings, computed from one pass over
+    /// `tasks/` (`spec` section 11, `status`) that keeps a few dozen bytes a
+    /// task (its id and status, and a pending task's dependencies), never
+    /// the tasks themselves.
     ///
     /// # Errors
     /// As [`Coordination::list`].
     pub fn status(&self) -> Result<StatusReport> {
-        let listing = self.list()?;
+        /// A pending task not yet known to be ready: its dependencies are
+        /// judged once every status is known.
+        struct Held {
+            key: (u8, u64),
+            id: TaskId,
+            not_before: Option<Timestamp>,
+            dependencies: Vec<TaskId>,
+        }
         let now = self.now();
-        let by_id: HashMap<&TaskId, &Task> = listing.tasks.iter().map(|t| (&t.id, t)).collect();
+        let mut status_of: HashMap<TaskId, Status> = HashMap::new();
+        let mut held: Vec<Held> = Vec::new();
         let mut counts: BTreeMap<String, usize> =
             Status::ALL.iter().map(|s| (s.to_string(), 0)).collect();
-        let mut agents: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut ready = 0;
-        let mut first_ready: Vec<&Task> = Vec::new();
+        let mut agents: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
         let mut oldest: Option<Timestamp> = None;
-        let mut next_ready_at: Option<Timestamp> = None;
-        for t in &listing.tasks {
+        let mut unreadable = Vec::new();
+        self.for_each_task(|r| {
+            let t = match r {
+                Ok(t) => t,
+                Err(e) => {
+                    unreadable.push(e.to_string());
+                    return Ok::<(), Error>(());
+                }
+            };
             *counts.entry(t.status.to_string()).or_default() += 1;
             match t.status {
                 Status::Claimed => agents
                     .entry(t.claimed_by.clone().unwrap_or_default())
                     .or_default()
-                    .push(t.id.to_string()),
+                    .push((t.seq, t.id.to_string())),
                 Status::Pending => {
                     oldest = Some(oldest.map_or(t.created_at, |o| o.min(t.created_at)));
-                    let deps_done = t
-                        .dependencies
-                        .iter()
-                        .all(|d| by_id.get(d).is_some_and(|d| d.status == Status::Completed));
-                    if deps_done {
-                        match t.not_before {
-                            Some(nb) if nb > now => {
-                                next_ready_at = Some(next_ready_at.map_or(nb, |x| x.min(nb)))
-                            }
-                            _ => {
-                                ready += 1;
-                                first_ready.push(t);
-                            }
-                        }
-                    }
+                    held.push(Held {
+                        key: (t.priority, t.seq),
+                        id: t.id.clone(),
+                        not_before: t.not_before,
+                        dependencies: t.dependencies,
+                    });
                 }
                 _ => {}
             }
+            status_of.insert(t.id, t.status);
+            Ok(())
+        })?;
+        let mut ready = 0;
+        let mut next_ready_at: Option<Timestamp> = None;
+        let mut first_ready: Vec<((u8, u64), &TaskId)> = Vec::new();
+        for h in &held {
+            let deps_done = h
+                .dependencies
+                .iter()
+                .all(|d| status_of.get(d) == Some(&Status::Completed));
+            if !deps_done {
+                continue;
+            }
+            match h.not_before {
+                Some(nb) if nb > now => {
+                    next_ready_at = Some(next_ready_at.map_or(nb, |x| x.min(nb)))
+                }
+                _ => {
+                    ready += 1;
+                    first_ready.push((h.key, &h.id));
+                    // Only the five most urgent are named: keep the list short.
+                    if first_ready.len() > 64 {
+                        first_ready.sort();
+                        first_ready.truncate(5);
+                    }
+                }
+            }
         }
-        first_ready.sort_by_key(|t| (t.priority, t.seq));
+        first_ready.sort();
+        let mut agents_out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (a, mut v) in agents {
+            v.sort();
+            agents_out.insert(a, v.into_iter().map(|(_, id)| id).collect());
+        }
         Ok(StatusReport {
             goal: self.config.goal.clone(),
-            total: listing.tasks.len(),
+            total: status_of.len(),
             counts,
             ready,
             ready_next: first_ready
                 .iter()
                 .take(5)
-                .map(|t| t.id.to_string())
+                .map(|(_, id)| id.to_string())
                 .collect(),
-            agents,
+            agents: agents_out,
             oldest_pending_age_ms: oldest.map(|o| clock::ms_between(o, now)),
             next_ready_at,
-            unreadable: listing.errors.iter().map(|e| e.to_string()).collect(),
+            unreadable,
         })
     }
 
@@ -965,13 +1069,26 @@ impl Coordination {
     /// # Errors
     /// [`Error::Io`] when `tasks/` cannot be listed.
     pub fn ready(&self) -> Result<Vec<Task>> {
+        Ok(self.ready_listing()?.tasks)
+    }
+
+    /// As [`Coordination::ready`], with the unreadable task files in
+    /// [`Listing::errors`] (one listing of `tasks/`, held once in memory).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `tasks/` cannot be listed.
+    pub fn ready_listing(&self) -> Result<Listing> {
         let listing = self.list()?;
         let now = self.now();
-        let status: HashMap<&TaskId, Status> =
-            listing.tasks.iter().map(|t| (&t.id, t.status)).collect();
-        let mut v: Vec<Task> = listing
+        let status: HashMap<TaskId, Status> = listing
             .tasks
             .iter()
+            .map(|t| (t.id.clone(), t.status))
+            .collect();
+        // Moved, not cloned: the listing is not needed after this.
+        let mut v: Vec<Task> = listing
+            .tasks
+            .into_iter()
             .filter(|t| {
                 t.status == Status::Pending
                     && t.not_before.is_none_or(|nb| nb <= now)
@@ -979,10 +1096,12 @@ impl Coordination {
                         .iter()
                         .all(|d| status.get(d) == Some(&Status::Completed))
             })
-            .cloned()
             .collect();
         v.sort_by_key(|t| (t.priority, t.seq));
-        Ok(v)
+        Ok(Listing {
+            tasks: v,
+            errors: listing.errors,
+        })
     }
 
     /// The tasks held back by dependencies, each with the dependencies that
@@ -1393,6 +1512,7 @@ impl Txn<'_> {
             Err(e) => return Err(Error::io("remove stale temp file", &tmp, e)),
         }
         self.roll_back_batch()?;
+        self.roll_forward_archive()?;
         if !self.c.index.is_current() {
             self.rebuild_index()?;
         }
@@ -1510,6 +1630,7 @@ fn refuse_symlinked_dirs(layout: &Layout) -> Result<()> {
         layout.index_dir(),
         layout.logs_dir(),
         layout.agents_dir(),
+        layout.archive_dir(),
     ] {
         if crate::protocol::fsroot::symlink_metadata(&d).is_ok_and(|m| m.is_symlink()) {
             return Err(Error::corrupt(

@@ -12,6 +12,7 @@
 //!   cannot write.
 //! - `hostile`: symlinks, malformed ids, huge sparse files, permissions.
 
+mod archive;
 mod cli;
 mod concurrency;
 mod crash;

@@ -226,3 +226,32 @@ fn reap_reports_an_unreadable_claimed_task_with_exit_65() {
         "{out:?}"
     );
 }
+
+#[test]
+fn two_tasks_with_one_seq_are_a_coherence_error() {
+    // What four concurrent creates left on a GlusterFS mount that cached
+    // index/next_seq (issue 14): doctor used to say "no problems found".
+    let e = Env::new("g");
+    e.run(&["create-task", "a", "--id", "a"], 0);
+    e.run(&["create-task", "b", "--id", "b"], 0);
+    let seq_a =
+        serde_json::from_slice::<Value>(&std::fs::read(e.coord().join("tasks/a.json")).unwrap())
+            .unwrap()["seq"]
+            .clone();
+    edit_task(&e, "b", |v| v["seq"] = seq_a.clone());
+    let r = e.doctor(false, 65);
+    assert!(kinds(&r).contains(&"duplicate_seq".to_string()), "{r:#}");
+    let f = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "duplicate_seq")
+        .unwrap();
+    assert!(f["message"].as_str().unwrap().contains("`a`, `b`"), "{f}");
+    assert!(f["fix"].as_str().unwrap().contains("doctor --shared"));
+    // On a local disk, --shared says so and adds nothing.
+    let e2 = Env::new("g");
+    let v: Value = serde_json::from_str(&e2.run(&["doctor", "--shared", "--json"], 0)).unwrap();
+    assert_eq!(v["mount"]["verdict"], "local");
+    assert!(!kinds(&v).iter().any(|k| k.starts_with("mount_")), "{v:#}");
+}

@@ -543,3 +543,56 @@ fn leases_are_measured_on_the_servers_clock_whatever_the_hosts_clocks_say() {
     assert_no_double_claims(&s.events());
     s.assert_doctor_clean();
 }
+
+#[test]
+fn doctor_shared_passes_the_coherent_mounts_and_flags_a_caching_one() {
+    let Some(s) = Shared::new("probe") else {
+        return;
+    };
+    for c in [s.cmd_a(), s.cmd_b()].iter_mut() {
+        let out = c.args(["doctor", "--shared", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["mount"]["verdict"], "coherent", "{v:#}");
+        assert_eq!(v["mount"]["fs_type"], "fuse.glusterfs");
+    }
+    // The same volume mounted with GlusterFS's default caching.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root_a = s.a.parent().unwrap().parent().unwrap();
+    let source = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(root_a.to_str().unwrap()))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|p| p.split(' ').nth(1))
+        .expect("mount A in mountinfo")
+        .to_string();
+    let plain = tempfile::tempdir().unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "glusterfs", &source])
+        .arg(plain.path())
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "{}", text(&m));
+    let dir = plain
+        .path()
+        .join(s.a.parent().unwrap().file_name().unwrap())
+        .join(".coordination");
+    let out = Shared::cmd(&dir)
+        .args(["doctor", "--shared", "--json"])
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(plain.path()).status();
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mount"]["verdict"], "not_coherent");
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "mount_not_coherent")
+        .unwrap();
+    assert!(
+        f["fix"].as_str().unwrap().contains("direct-io-mode=enable"),
+        "{f}"
+    );
+}

@@ -1146,13 +1146,41 @@ pub struct DoctorArgs {
     /// Repair what can be repaired (quarantine unreadable files, remove temps, rebuild the index, block what must be blocked)
     #[arg(long)]
     pub fix: bool,
+    /// Also check that the file system is safe to share between hosts (mount type and options: GlusterFS, NFSv4, CephFS...)
+    #[arg(long)]
+    pub shared: bool,
 }
 
 pub fn doctor(g: &Global, a: DoctorArgs) -> Result<u8> {
     let c = open(g)?;
-    let r = orchestrate::observe::doctor::run(&c, a.fix)?;
+    let mut r = orchestrate::observe::doctor::run(&c, a.fix)?;
+    let mount = a
+        .shared
+        .then(|| orchestrate::observe::mount::probe(c.layout().root()));
+    if let Some(m) = &mount {
+        let found = orchestrate::observe::mount::findings(m);
+        if found
+            .iter()
+            .any(|f| f.severity == orchestrate::observe::doctor::Severity::Error)
+        {
+            r.clean = false;
+        }
+        r.findings.extend(found);
+        if !g.json {
+            output::line(format!(
+                "file system: {} at {} ({:?})",
+                m.fs_type.as_deref().unwrap_or("?"),
+                m.mount_point.as_deref().unwrap_or("?"),
+                m.verdict
+            ))?;
+        }
+    }
     if g.json {
-        output::json(&r)?;
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(m) = &mount {
+            v["mount"] = serde_json::to_value(m)?;
+        }
+        output::json(&v)?;
     } else {
         if r.findings.is_empty() {
             output::line(format!(

@@ -17,7 +17,7 @@ use crate::protocol::store;
 use crate::protocol::task::{Status, Task, TaskId};
 use crate::protocol::Coordination;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// How bad a finding is.
@@ -37,7 +37,8 @@ pub struct Finding {
     /// `orphan_temp`, `unfinished_batch`, `invalid_fields`,
     /// `dangling_dependency`, `dependency_cycle`, `should_be_blocked`,
     /// `index_missing`, `index_stale`, `orphan_index_build`, `torn_event`,
-    /// `lock_identity`.
+    /// `lock_identity`, `duplicate_seq`; with `--shared`,
+    /// `mount_not_coherent` and `mount_unknown`.
     pub kind: String,
     /// Error or warning.
     pub severity: Severity,
@@ -449,6 +450,31 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                     true,
                 ),
             }
+        }
+    }
+
+    // 1b. Two tasks with one `seq`: two creates read the same
+    // `index/next_seq`, which only a file system that served a stale copy
+    // of a file rewritten in place can do (spec 6.6, README "Several
+    // machines").
+    {
+        let mut by_seq: BTreeMap<u64, Vec<&TaskId>> = BTreeMap::new();
+        for (id, t) in &tasks {
+            by_seq.entry(t.seq).or_default().push(id);
+        }
+        for (seq, mut ids) in by_seq.into_iter().filter(|(_, v)| v.len() > 1) {
+            ids.sort();
+            col.add(
+                "duplicate_seq",
+                Severity::Error,
+                &format!("tasks/{}.json", ids[0]),
+                format!(
+                    "tasks {} all have seq {seq}: two creates read the same index/next_seq, so this file system showed one process a stale copy of a file another had rewritten under the lock; claims may be granted twice here",
+                    ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+                ),
+                "stop every process, make the mount coherent (see `orchestrate doctor --shared`), then run `orchestrate reindex`",
+                false,
+            );
         }
     }
 

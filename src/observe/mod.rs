@@ -9,3 +9,4 @@ pub mod doctor;
 pub mod graph;
 pub mod logs;
 pub mod metrics;
+pub mod mount;

@@ -365,16 +365,9 @@ fn summary_table(r: &RunReport) -> String {
         &["TASK", "STATUS", "ATTEMPTS", "TIME", "RESULT / ERROR"],
         &rows,
     );
-    let tt = &r.totals;
     s += &format!(
-        "\n\n{} task{}: {} completed, {} dead, {} blocked, {} cancelled, {} unfinished in {:.1}s{}",
-        tt.total,
-        if tt.total == 1 { "" } else { "s" },
-        tt.completed,
-        tt.dead,
-        tt.blocked,
-        tt.cancelled,
-        tt.unfinished,
+        "\n\n{} in {:.1}s{}",
+        r.totals.describe(),
         r.duration_ms as f64 / 1000.0,
         match (r.interrupted, r.resumed) {
             (true, _) => " (interrupted; the same command resumes it)".to_string(),

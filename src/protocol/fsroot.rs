@@ -214,6 +214,14 @@ fn with_parent<T>(
     op: impl FnOnce(BorrowedFd<'_>, &Path) -> io::Result<T>,
 ) -> Option<io::Result<T>> {
     let (root, rel) = find(path)?;
+    // A name directly in the registered directory: its own handle is the
+    // parent, with no open (on a network file system each open is a round
+    // trip to the server).
+    if rel.parent().is_some_and(|p| p.as_os_str().is_empty()) {
+        if let Some(name) = rel.file_name() {
+            return Some(op(root.fd.as_fd(), Path::new(name)));
+        }
+    }
     Some(parent_of(root.fd.as_fd(), &rel).and_then(|(fd, name)| op(fd.as_fd(), &name)))
 }
 

@@ -163,8 +163,19 @@ fn read_lines(p: &Path) -> Result<Vec<String>> {
     let Some(mut f) = open_index_file(p, Access::Read)? else {
         return Ok(Vec::new());
     };
+    // A plain read loop: `File::read_to_end` first stats the file for a
+    // size hint, which on a network file system is one more round trip per
+    // index file read.
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(io("read index file", p))?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read index file", p, e)),
+        }
+    }
     // Not UTF-8: junk in a derived file; treat as empty (the callers'
     // superset checks and a rebuild recover).
     let t = String::from_utf8(buf).unwrap_or_default();

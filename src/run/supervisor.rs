@@ -618,6 +618,23 @@ pub struct Totals {
     pub unfinished: usize,
 }
 
+impl Totals {
+    /// One line for people: `3 tasks: 1 completed, 1 dead, 1 blocked, 0
+    /// cancelled, 0 unfinished`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} task{}: {} completed, {} dead, {} blocked, {} cancelled, {} unfinished",
+            self.total,
+            if self.total == 1 { "" } else { "s" },
+            self.completed,
+            self.dead,
+            self.blocked,
+            self.cancelled,
+            self.unfinished
+        )
+    }
+}
+
 /// The run report (`run -o FILE`; `spec` section 13.4).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -708,13 +725,7 @@ fn run_leader(
     for round in 1..=2 {
         let out = logs.join(format!("leader-{}.{round}.json", o.run_tag));
         let err = logs.join(format!("leader-{}.{round}.log", o.run_tag));
-        let env = |cmd: &mut std::process::Command| {
-            cmd.env("ORCHESTRATE_DIR", c.layout().root())
-                .env("COORDINATION_DIR", c.layout().root())
-                .env(crate::run::agent::HOOKS_ENV, "off")
-                .env("ORCHESTRATE_AGENT_ID", "leader")
-                .env("ORCHESTRATE_CORRELATION_ID", &o.run_tag);
-        };
+        let env = |cmd: &mut std::process::Command| leader_env(cmd, c, &o.run_tag);
         let (_, reply) = agent::run_claude(
             &o.agent.claude,
             &prompt,
@@ -1049,17 +1060,10 @@ fn cut(s: &str, n: usize) -> String {
 /// goal, the totals, one line per task (status and the first line of its
 /// result or error) and the run's discoveries. Deterministic.
 pub fn results_summary(r: &RunReport) -> String {
-    let tt = &r.totals;
     let mut s = format!(
-        "Goal: {}\n{} task{}: {} completed, {} dead, {} blocked, {} cancelled, {} unfinished{}.\n",
+        "Goal: {}\n{}{}.\n",
         r.goal,
-        tt.total,
-        if tt.total == 1 { "" } else { "s" },
-        tt.completed,
-        tt.dead,
-        tt.blocked,
-        tt.cancelled,
-        tt.unfinished,
+        r.totals.describe(),
         if r.interrupted { " (interrupted)" } else { "" }
     );
     for t in r.tasks.iter().take(SUMMARY_TASKS) {
@@ -1139,13 +1143,7 @@ fn summarize(
     let logs = c.layout().logs_dir();
     let out = logs.join(format!("leader-{}.summary.json", o.run_tag));
     let err = logs.join(format!("leader-{}.summary.log", o.run_tag));
-    let env = |cmd: &mut std::process::Command| {
-        cmd.env("ORCHESTRATE_DIR", c.layout().root())
-            .env("COORDINATION_DIR", c.layout().root())
-            .env(crate::run::agent::HOOKS_ENV, "off")
-            .env("ORCHESTRATE_AGENT_ID", "leader")
-            .env("ORCHESTRATE_CORRELATION_ID", &o.run_tag);
-    };
+    let env = |cmd: &mut std::process::Command| leader_env(cmd, c, &o.run_tag);
     let why = match crate::protocol::store::ensure_dir(&logs).and_then(|()| {
         agent::run_claude(
             &o.agent.claude,
@@ -1201,6 +1199,16 @@ fn adopt_follow_ups(
         }
     }
     Ok(new)
+}
+
+/// The environment of a leader process (planning or the summary): the
+/// directory, our hooks off, agent id `leader`, the run's correlation id.
+fn leader_env(cmd: &mut std::process::Command, c: &Coordination, run_tag: &str) {
+    cmd.env("ORCHESTRATE_DIR", c.layout().root())
+        .env("COORDINATION_DIR", c.layout().root())
+        .env(crate::run::agent::HOOKS_ENV, "off")
+        .env("ORCHESTRATE_AGENT_ID", "leader")
+        .env("ORCHESTRATE_CORRELATION_ID", run_tag);
 }
 
 /// A fresh run id: `run-` plus 8 hex digits; also the run's correlation id.

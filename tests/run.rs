@@ -1086,3 +1086,83 @@ fn the_same_goal_again_resumes_a_planned_run_without_planning_again() {
     assert_eq!(env.task("second")["status"], "completed");
     assert_eq!(env.task("first")["attempts"], 1);
 }
+
+#[test]
+fn resume_finds_a_fresh_runs_suffixed_tasks_and_never_recreates_archived_ones() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    let tasks = env.write(
+        "tasks.json",
+        &json!([
+            {"id": "a", "description": "a", "command": "true"},
+            {"id": "b", "description": "b", "command": "exit 1", "max_attempts": 1, "dependencies": ["a"]}
+        ]),
+    );
+    let t = tasks.to_str().unwrap();
+    let args = [
+        "run",
+        "g",
+        "--adapter",
+        "shell",
+        "--no-plan",
+        "-w",
+        "1",
+        "--tasks",
+        t,
+    ];
+    env.cmd().args(args).assert().code(1);
+    env.cmd().args(args).arg("--fresh").assert().code(1);
+    let fresh_b = env
+        .task_files()
+        .into_iter()
+        .map(|f| f.trim_end_matches(".json").to_string())
+        .find(|id| id.starts_with("b-"))
+        .expect("the fresh run's b");
+    env.cmd()
+        .args(["edit", &fresh_b, "--command", "true"])
+        .assert()
+        .success();
+    env.cmd().args(["retry", &fresh_b]).assert().success();
+    // The same command resumes the unfinished (fresh) run, not the older
+    // finished one: its retried task runs.
+    let out = env
+        .cmd()
+        .args(args)
+        .args(["-o", "r.json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.task(&fresh_b)["status"], "completed");
+    assert_eq!(env.task_files().len(), 4, "nothing created");
+    let r = report(&env.path().join("r.json"));
+    assert_eq!(r["resumed"], true);
+    // Archive everything: the same command then resumes a run whose tasks
+    // are all archived, creates nothing and runs nothing.
+    env.cmd()
+        .args(["archive", "--older-than", "0"])
+        .assert()
+        .success();
+    assert_eq!(env.task_files().len(), 0);
+    let out = env.cmd().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("archived"), "{stderr}");
+    assert!(
+        env.task_files().is_empty(),
+        "archived tasks were created again: {:?}",
+        env.task_files()
+    );
+    assert!(!stderr.contains("is taken"), "{stderr}");
+    // `logs` still reads an archived task's log.
+    let logs = env.cmd().args(["logs", "a", "--json"]).output().unwrap();
+    assert!(
+        logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}

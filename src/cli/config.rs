@@ -77,7 +77,7 @@ pub fn example(g: &Global, a: ExampleArgs) -> Result<u8> {
                 g,
                 &[
                     "An example run configuration (orchestration.json); comments on stderr, the file on stdout.",
-                    "Save and run it:  orchestrate example > orchestration.json && orchestrate from-config orchestration.json",
+                    "Save and run it:  orchestrate example > orchestration.json && orchestrate from-config orchestration.json --adapter shell   (each task's command runs; without --adapter shell, Claude Code does the work)",
                     "(--adapter shell runs each task's `command` instead of Claude; `orchestrate status -c orchestration.json` shows its tasks)",
                 ],
                 plan::CONFIG_COMMENTS,
@@ -90,7 +90,7 @@ pub fn example(g: &Global, a: ExampleArgs) -> Result<u8> {
                 g,
                 &[
                     "An example tasks file; comments on stderr, the file on stdout.",
-                    "Save and run it:  orchestrate example tasks > tasks.json && orchestrate run 'Add /health' --tasks tasks.json",
+                    "Save and run it:  orchestrate example tasks > tasks.json && orchestrate run 'Add /health' --tasks tasks.json --adapter shell   (or the default --adapter claude)",
                     "Each task:",
                 ],
                 plan::TASK_COMMENTS,

@@ -107,6 +107,8 @@ fn files_of(c: &Coordination, id: &TaskId, attempt: u32) -> Result<Vec<LogFile>>
 /// Lists the log files of attempt `attempt` of task `id` (its latest
 /// attempt when `None`).
 ///
+/// An archived task is read from the archive.
+///
 /// # Errors
 /// [`Error::TaskNotFound`]; [`Error::LogNotFound`] when the task was never
 /// attempted, `attempt` is 0 or beyond the task's attempts, or the attempt
@@ -114,7 +116,13 @@ fn files_of(c: &Coordination, id: &TaskId, attempt: u32) -> Result<Vec<LogFile>>
 /// `work`, or the log was deleted: logs are history, `spec` 13.2);
 /// [`Error::Corrupt`] for a symlink or non-regular file in their place.
 pub fn attempt_logs(c: &Coordination, id: &str, attempt: Option<u32>) -> Result<AttemptLogs> {
-    let t = c.get(id)?;
+    // An archived task's logs stay in logs/ (spec 18).
+    let t = match c.get(id) {
+        Err(Error::TaskNotFound(_)) => c
+            .get_archived(id)?
+            .ok_or_else(|| Error::TaskNotFound(id.to_string()))?,
+        other => other?,
+    };
     let n = which_attempt(&t, attempt)?;
     let files = files_of(c, &t.id, n)?;
     if files.is_empty() {

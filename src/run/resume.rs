@@ -3,8 +3,10 @@
 //! creating every task a second time.
 //!
 //! A run's tasks carry its run id as a tag (13.1). For a tasks file, a task
-//! of the file is the run's task when a task with its `id` (or, for a task
-//! without an `id`, its exact description) carries the run's tag. For a
+//! of the file is the run's task when a task with its `id` (or that `id`
+//! with the `-<4 hex>` suffix a taken id gets, or, for a task without an
+//! `id`, its exact description) carries the run's tag; archived tasks
+//! count, as finished. For a
 //! leader-planned run, the run is the newest run record with the same goal
 //! and `planned: true` that still has a pending or claimed task.
 
@@ -68,21 +70,53 @@ pub fn find(c: &Coordination, goal: &str, tasks: Option<&[NewTask]>) -> Result<O
     let Some(specs) = tasks else {
         return find_planned(c, goal, &listing.tasks);
     };
-    let by_id: HashMap<&str, &Task> = listing.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
-    // The run: the newest run tag among the tasks the file names.
-    let mut best: Option<(&str, u64)> = None;
+    // Archived tasks belong to their run too: finished, never re-created.
+    let mut archived: Vec<Task> = Vec::new();
+    c.for_each_archived(|t| -> Result<()> {
+        if let Ok(t) = t {
+            archived.push(t);
+        }
+        Ok(())
+    })?;
+    let all: Vec<&Task> = listing.tasks.iter().chain(archived.iter()).collect();
+    // A task of the file is `key`, or `key-<4 hex>` when an earlier run
+    // found `key` taken (section 8) — as a `--fresh` run's tasks are.
+    let is_key = |t: &Task, key: &str| {
+        let id = t.id.as_str();
+        id == key
+            || id
+                .strip_prefix(key)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|h| {
+                    h.len() == 4
+                        && h.bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                })
+    };
+    // The runs the file's tasks belong to, with the newest `seq` of each
+    // and whether any of its tasks is unfinished.
+    let mut runs: HashMap<&str, (u64, bool)> = HashMap::new();
     let mut untagged = Vec::new();
     for s in specs {
-        let Some(t) = s.id.as_deref().and_then(|k| by_id.get(k)) else {
-            continue;
-        };
-        match run_tag(t) {
-            Some(tag) if best.is_none_or(|(_, seq)| t.seq > seq) => best = Some((tag, t.seq)),
-            Some(_) => {}
-            None => untagged.push(t.id.to_string()),
+        let Some(key) = s.id.as_deref() else { continue };
+        for t in all.iter().filter(|t| is_key(t, key)) {
+            match run_tag(t) {
+                Some(tag) => {
+                    let e = runs.entry(tag).or_insert((0, false));
+                    e.0 = e.0.max(t.seq);
+                    e.1 |= matches!(t.status, Status::Pending | Status::Claimed);
+                }
+                None if t.id.as_str() == key => untagged.push(t.id.to_string()),
+                None => {}
+            }
         }
     }
-    let Some((tag, _)) = best else {
+    // The newest unfinished run; else the newest.
+    let best = runs
+        .iter()
+        .max_by_key(|(tag, (seq, open))| (*open, *seq, *tag))
+        .map(|(tag, _)| *tag);
+    let Some(tag) = best else {
         if !untagged.is_empty() {
             return Err(Error::Invalid(format!(
                 "tasks of this file already exist in the queue but no run created them ({}): drain them with `orchestrate work --adapter shell --until-empty`, edit them with `orchestrate edit`, or pass --fresh to create new copies",
@@ -91,9 +125,9 @@ pub fn find(c: &Coordination, goal: &str, tasks: Option<&[NewTask]>) -> Result<O
         }
         return Ok(None);
     };
-    let run: Vec<&Task> = listing
-        .tasks
+    let run: Vec<&Task> = all
         .iter()
+        .copied()
         .filter(|t| t.context.tags.iter().any(|x| x == tag))
         .collect();
     let mut used: HashSet<&TaskId> = HashSet::new();
@@ -101,7 +135,7 @@ pub fn find(c: &Coordination, goal: &str, tasks: Option<&[NewTask]>) -> Result<O
     let mut notes = Vec::new();
     for s in specs {
         let found = match s.id.as_deref() {
-            Some(k) => run.iter().find(|t| t.id.as_str() == k),
+            Some(k) => run.iter().find(|t| !used.contains(&t.id) && is_key(t, k)),
             None => run
                 .iter()
                 .find(|t| !used.contains(&t.id) && t.description == s.description),
@@ -117,20 +151,39 @@ pub fn find(c: &Coordination, goal: &str, tasks: Option<&[NewTask]>) -> Result<O
                     differs.push("command");
                 }
                 if !differs.is_empty() {
+                    let how = if matches!(t.status, Status::Completed) {
+                        "it is completed and is not run again; pass --fresh to run the file's version".to_string()
+                    } else {
+                        format!(
+                            "change it with `orchestrate edit {}`, or pass --fresh",
+                            t.id
+                        )
+                    };
                     notes.push(format!(
-                        "`{}`: its {} in the queue differs from the file; the queue's is kept (change it with `orchestrate edit {}`, or pass --fresh)",
+                        "`{}`: its {} in the queue differs from the file; the queue's is kept ({how})",
                         t.id,
                         differs.join(" and "),
-                        t.id
                     ));
                 }
             }
             None => to_create.push(s.clone()),
         }
     }
+    let archived_ids: HashSet<&TaskId> = archived.iter().map(|t| &t.id).collect();
+    let n_archived = run.iter().filter(|t| archived_ids.contains(&t.id)).count();
+    if n_archived > 0 {
+        notes.push(format!(
+            "{n_archived} task(s) of this run are archived: finished, not run again, and not in this report (`orchestrate list --archived`)"
+        ));
+    }
     Ok(Some(Resume {
         run_id: tag.to_string(),
-        tasks: run.iter().map(|t| t.id.clone()).collect(),
+        // The report reads the live tasks; archived ones are history.
+        tasks: run
+            .iter()
+            .filter(|t| !archived_ids.contains(&t.id))
+            .map(|t| t.id.clone())
+            .collect(),
         to_create,
         notes,
     }))

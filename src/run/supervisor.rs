@@ -828,7 +828,7 @@ pub fn run(
     if o.resume.is_none() && !planned {
         record(c, o, planned);
     }
-    if specs.is_empty() && kept.is_empty() {
+    if specs.is_empty() && kept.is_empty() && o.resume.is_none() {
         return Err(Error::Invalid(
             "no tasks to run: pass --tasks FILE or let the leader plan".into(),
         ));

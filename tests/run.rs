@@ -1166,3 +1166,48 @@ fn resume_finds_a_fresh_runs_suffixed_tasks_and_never_recreates_archived_ones() 
         String::from_utf8_lossy(&logs.stderr)
     );
 }
+
+#[test]
+fn a_task_that_fails_itself_is_reported_failed_and_its_process_stopped() {
+    let env = Env::new();
+    let tasks = env.write(
+        "tasks.json",
+        &json!([{"id": "sf", "description": "x", "max_attempts": 2,
+                 "command": "echo \"start $ORCHESTRATE_ATTEMPT\" >> trace; orchestrate fail --error give-up; sleep 5; echo \"end $ORCHESTRATE_ATTEMPT\" >> trace"}]),
+    );
+    let path = format!(
+        "{}:{}",
+        Path::new(bin()).parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = env
+        .cmd()
+        .env("PATH", path)
+        .args([
+            "run",
+            "S",
+            "--adapter",
+            "shell",
+            "--no-plan",
+            "-w",
+            "3",
+            "--no-summary",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("failed   sf (") && progress.contains("give-up; retrying"),
+        "{progress}"
+    );
+    assert!(!progress.contains("lease lost"), "{progress}");
+    let trace = std::fs::read_to_string(env.path().join("trace")).unwrap();
+    assert_eq!(
+        trace, "start 1\nstart 2\n",
+        "each attempt stopped after its own fail, none overlapped"
+    );
+    assert_eq!(env.task("sf")["status"], "dead");
+}

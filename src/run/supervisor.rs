@@ -349,6 +349,7 @@ fn run_attempt_held(
     let cancel = AtomicBool::new(false);
     let lease_lost = AtomicBool::new(false);
     let externally_cancelled = AtomicBool::new(false);
+    let self_failed = AtomicBool::new(false);
     let finished = (Mutex::new(false), Condvar::new());
     let lease_ms = c.config().lease_ms;
     let beat_every = Duration::from_millis((lease_ms / 3).max(10));
@@ -373,13 +374,20 @@ fn run_attempt_held(
                 // A lock-free look at the task file every few ticks: a
                 // cancel, or a reclaim after our lease ran out, stops the
                 // child within about 0.3 s (`spec` 13.1). A task the agent
-                // reported itself (our token, no longer claimed) is left to
-                // finish its process.
+                // completed itself (our token) is left to finish its
+                // process; one it failed itself (our token, back to pending
+                // or dead) is stopped, so that its process does not run on
+                // beside the retry.
                 ticks += 1;
                 if ticks.is_multiple_of(3) && !cancel.load(Ordering::SeqCst) {
                     if let Ok(now) = c.get(t.id.as_str()) {
                         if now.status == Status::Cancelled {
                             externally_cancelled.store(true, Ordering::SeqCst);
+                            cancel.store(true, Ordering::SeqCst);
+                        } else if now.fencing_token == t.fencing_token
+                            && matches!(now.status, Status::Pending | Status::Dead)
+                        {
+                            self_failed.store(true, Ordering::SeqCst);
                             cancel.store(true, Ordering::SeqCst);
                         } else if now.fencing_token != t.fencing_token {
                             lease_lost.store(true, Ordering::SeqCst);
@@ -437,6 +445,21 @@ fn run_attempt_held(
             task_id: t.id.clone(),
             agent_id: o.agent_id.clone(),
         });
+        return Ok(());
+    }
+    if self_failed.load(Ordering::SeqCst) && !interrupted() {
+        // The agent ran `orchestrate fail` itself: its report stands.
+        if let Ok(now) = c.get(t.id.as_str()) {
+            summary.failed += 1;
+            if now.status == Status::Dead {
+                summary.dead += 1;
+            }
+            tracing::info!(status = %now.status, "the agent failed the task itself; its process was stopped");
+            (s.progress)(Progress::Finished {
+                task: Box::new(now),
+                agent_id: o.agent_id.clone(),
+            });
+        }
         return Ok(());
     }
     if exec.cancelled || interrupted() {

@@ -1211,3 +1211,104 @@ fn a_task_that_fails_itself_is_reported_failed_and_its_process_stopped() {
     );
     assert_eq!(env.task("sf")["status"], "dead");
 }
+
+#[test]
+fn the_same_tasks_file_run_twice_at_once_runs_each_task_once() {
+    let env = Env::new();
+    env.cmd().args(["init", "g"]).assert().success();
+    let tasks: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"id": format!("j{i:02}"), "description": format!("job {i}"),
+                        "command": "echo $ORCHESTRATE_TASK_ID >> exec.log; sleep 0.1"})
+        })
+        .collect();
+    let file = env.write("tasks.json", &Value::Array(tasks));
+    let spawn = || {
+        std::process::Command::new(bin())
+            .current_dir(env.path())
+            .env_remove("COORDINATION_DIR")
+            .args([
+                "run",
+                "g",
+                "--adapter",
+                "shell",
+                "--no-plan",
+                "-w",
+                "2",
+                "-q",
+                "--no-summary",
+                "--tasks",
+            ])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        env.task_files().len(),
+        20,
+        "no task created twice: {:?}",
+        env.task_files()
+    );
+    let log = std::fs::read_to_string(env.path().join("exec.log")).unwrap();
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.sort();
+    let n = lines.len();
+    lines.dedup();
+    assert_eq!((n, lines.len()), (20, 20), "each task ran once: {log}");
+}
+
+#[test]
+fn a_planted_log_file_fails_that_attempt_and_the_run_goes_on() {
+    let env = Env::new();
+    env.init_fast_backoff();
+    let tasks = env.write(
+        "tasks.json",
+        &json!([{"id": "a", "description": "a", "command": "echo a"},
+                {"id": "b", "description": "b", "command": "echo b"}]),
+    );
+    std::fs::create_dir_all(env.coord().join("logs")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", env.coord().join("logs/b.1.log")).unwrap();
+    let out = env
+        .cmd()
+        .args([
+            "run",
+            "g",
+            "--adapter",
+            "shell",
+            "--no-plan",
+            "-w",
+            "1",
+            "--no-summary",
+            "-o",
+            "r.json",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&env.path().join("r.json"));
+    let b = by_id(&r, "b");
+    assert_eq!(
+        (b["status"].as_str(), b["attempts"].as_u64()),
+        (Some("completed"), Some(2))
+    );
+    assert!(
+        std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains("root"),
+        "the link's target untouched"
+    );
+}

@@ -376,13 +376,21 @@ pub fn logs(g: &Global, a: LogsArgs) -> Result<u8> {
     let found = logs::attempt_logs(&c, &a.id, a.attempt)?;
     if g.json {
         let mut files = Vec::new();
+        // At most the last 16 MiB of each file: a log can be any size,
+        // and one JSON document is held whole in memory.
+        const MAX_JSON_LOG_BYTES: u64 = 16 << 20;
         for f in &found.files {
+            use std::io::{Seek, SeekFrom};
+            let path = c.layout().root().join(&f.path);
             let mut bytes = Vec::new();
-            logs::open(&c, f)?.read_to_end(&mut bytes).map_err(|e| {
-                orchestrate::Error::io("read log file", c.layout().root().join(&f.path), e)
-            })?;
+            let mut file = logs::open(&c, f)?;
+            let skip = f.bytes.saturating_sub(MAX_JSON_LOG_BYTES);
+            file.seek(SeekFrom::Start(skip))
+                .and_then(|_| file.take(MAX_JSON_LOG_BYTES).read_to_end(&mut bytes))
+                .map_err(|e| orchestrate::Error::io("read log file", path, e))?;
             let mut v = serde_json::to_value(f)?;
             v["content"] = json!(String::from_utf8_lossy(&bytes));
+            v["truncated"] = json!(skip > 0);
             files.push(v);
         }
         let mut v = serde_json::to_value(&found)?;

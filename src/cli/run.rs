@@ -176,6 +176,11 @@ pub struct WorkArgs {
 /// a write to a full pipe, say), or on a second signal, this kills every
 /// child's process group, releases the held tasks itself and exits.
 fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_interrupt_handler_now);
+}
+
+fn install_interrupt_handler_now() {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
         return;
@@ -457,6 +462,45 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
     } else {
         orchestrate::run::resume::find(&c, &p.goal, p.tasks.as_deref())?
     };
+    let fresh = p.fresh;
+    match execute_run(g, &p, &c, resume)? {
+        Attempted::Done(code) => Ok(code),
+        // The same file's run, started by another process a moment ago,
+        // took the ids first (nothing of ours was created): resume it.
+        Attempted::IdsTaken if !fresh => {
+            let again = orchestrate::run::resume::find(&c, &p.goal, p.tasks.as_deref())?;
+            match execute_run(g, &p, &c, again)? {
+                Attempted::Done(code) => Ok(code),
+                Attempted::IdsTaken => Err(orchestrate::Error::Invalid(
+                    "task ids of this file are taken by tasks of no run of it; pass --fresh, or rename them".into(),
+                )
+                .into()),
+            }
+        }
+        Attempted::IdsTaken => unreachable_ids_taken(),
+    }
+}
+
+/// What one try at a run came to.
+enum Attempted {
+    /// The run happened; its exit code.
+    Done(u8),
+    /// Its create found an id of the file taken (`BatchIds::Exact`).
+    IdsTaken,
+}
+
+fn unreachable_ids_taken() -> Result<u8> {
+    // `--fresh` creates with local keys, which never fail on a taken id.
+    Err(orchestrate::Error::Other("a --fresh run found an id taken".into()).into())
+}
+
+fn execute_run(
+    g: &Global,
+    p: &Plan,
+    c: &Coordination,
+    resume: Option<orchestrate::run::resume::Resume>,
+) -> Result<Attempted> {
+    let c = c.clone();
     let run_id = resume
         .as_ref()
         .map(|r| r.run_id.clone())
@@ -466,15 +510,16 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         c = c.with_lock_timeout_ms(t.as_millis() as u64);
     }
     let opts = RunOptions {
-        goal: p.goal,
-        working_dir: p.working_dir,
+        goal: p.goal.clone(),
+        working_dir: p.working_dir.clone(),
         workers: p.workers,
         timeout: Duration::from_secs(p.timeout),
-        agent: p.spec,
-        tasks: p.tasks,
-        master_plan: p.master_plan,
+        agent: p.spec.clone(),
+        tasks: p.tasks.clone(),
+        master_plan: p.master_plan.clone(),
         run_tag: run_id,
         resume,
+        fresh: p.fresh,
         idle_poll_ms: 500,
         summary: p.summary,
     };
@@ -485,8 +530,9 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
         Ok(r) => r,
         Err(orchestrate::Error::Interrupted) => {
             output::eline("orchestrate: interrupted before any task was created");
-            return Ok(supervisor::interrupted_exit_code());
+            return Ok(Attempted::Done(supervisor::interrupted_exit_code()));
         }
+        Err(orchestrate::Error::IdTaken(_)) if !p.fresh => return Ok(Attempted::IdsTaken),
         Err(e) => return Err(e.into()),
     };
     if let Some(out) = &p.output {
@@ -495,18 +541,18 @@ fn execute(g: &Global, p: Plan) -> Result<u8> {
     }
     // The run is done and its report is in files: a reader that went away
     // (`| head`) does not change its exit status.
-    if let Err(e) = print_run_summary(g, &report, &dir) {
+    if let Err(e) = print_run_summary(g, &report, c.layout().root()) {
         if !output::is_broken_pipe(&e) {
             return Err(e);
         }
     }
-    Ok(if report.interrupted {
+    Ok(Attempted::Done(if report.interrupted {
         supervisor::interrupted_exit_code()
     } else if report.success {
         0
     } else {
         1
-    })
+    }))
 }
 
 fn print_run_summary(g: &Global, report: &supervisor::RunReport, dir: &Path) -> Result<()> {

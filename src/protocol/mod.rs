@@ -311,12 +311,7 @@ impl Coordination {
                 // here with the rest, so that its owner and mode are the
                 // directory's like the lock's.
                 let clock_path = layout.clock();
-                let clock_file = store::open_regular(
-                    &clock_path,
-                    libc::O_RDWR | libc::O_CREAT,
-                    store::file_mode_for(layout.root()),
-                    "create the clock file",
-                )?;
+                let clock_file = open_clock(&clock_path, "create the clock file")?;
                 let now = clock::server_now(&clock_file, &clock_path)?;
                 let cfg = Config::new(goal.unwrap_or_default(), now);
                 store::write_atomic(&layout.config(), &store::to_pretty(&cfg)?, true, true)?;
@@ -389,12 +384,7 @@ impl Coordination {
         let f = match cell.get() {
             Some(f) => f,
             None => {
-                let f = store::open_regular(
-                    &path,
-                    libc::O_RDWR | libc::O_CREAT,
-                    store::file_mode_for(self.layout.root()),
-                    "open the clock file",
-                )?;
+                let f = open_clock(&path, "open the clock file")?;
                 cell.get_or_init(|| f)
             }
         };
@@ -1700,4 +1690,26 @@ fn set_batch_policy(batch: bool) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` lives for the call.
     unsafe { libc::sched_setscheduler(0, policy, &param) };
+}
+
+/// Opens (creating when missing) the `clock` file (`spec` 6.6) with the
+/// directory's file mode (4.7; `fchmod`, so no umask narrows it), refusing
+/// anything but a regular file with one name: a hard link planted there
+/// would have every mutation write into the file it names.
+fn open_clock(path: &Path, op: &'static str) -> Result<std::fs::File> {
+    let f = store::open_regular(
+        path,
+        libc::O_RDWR | libc::O_CREAT,
+        store::file_mode_for(path.parent().unwrap_or(path)),
+        op,
+    )?;
+    let st = rustix::fs::fstat(&f).map_err(|e| Error::io("stat", path, e.into()))?;
+    if st.st_nlink > 1 {
+        return Err(Error::corrupt(
+            path,
+            "has more than one name (a hard link to another file); remove it, the next mutation makes a new one",
+        ));
+    }
+    store::set_file_mode(&f, path)?;
+    Ok(f)
 }

@@ -96,6 +96,8 @@ pub fn open_regular(path: &Path, flags: i32, mode: u32, op: &'static str) -> Res
                 path,
                 "is a symlink; symlinks inside .coordination/ are refused, not followed",
             )
+        } else if e.raw_os_error() == Some(libc::EISDIR) {
+            Error::corrupt(path, "is a directory, not a regular file")
         } else {
             Error::io(op, path, e)
         }

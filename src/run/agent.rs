@@ -233,6 +233,13 @@ pub struct Execution {
 }
 
 impl Execution {
+    /// An attempt that could not be run at all (its log file could not be
+    /// made, say): failed with `error`, no result, so that the worker fails
+    /// the attempt and goes on instead of stopping.
+    pub fn could_not_start(error: String) -> Self {
+        Self::failed(error, json!({ "exit_code": null }), String::new())
+    }
+
     fn failed(error: String, result: Value, log_file: String) -> Self {
         Execution {
             ok: false,

@@ -421,13 +421,19 @@ fn run_attempt_held(
             tags: &o.tags,
             discoveries,
         };
-        let r = agent::execute(&o.agent, &attempt);
+        // An attempt that cannot even start (a symlink or FIFO planted
+        // where its log goes, a full disk) fails that attempt, not the
+        // worker: the queue goes on.
+        let r = agent::execute(&o.agent, &attempt).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the attempt could not start");
+            agent::Execution::could_not_start(format!("the attempt could not start: {e}"))
+        });
         let (m, cv) = &finished;
         if let Ok(mut d) = m.lock() {
             *d = true;
         }
         cv.notify_all();
-        r
+        Ok::<_, Error>(r)
     })?;
     if externally_cancelled.load(Ordering::SeqCst) {
         summary.cancelled += 1;
@@ -493,7 +499,7 @@ fn run_attempt_held(
             t.id.as_str(),
             t.fencing_token,
             Some(exec.result),
-            Some(exec.log_file),
+            (!exec.log_file.is_empty()).then(|| exec.log_file.clone()),
         )
     } else {
         let err = exec.error.unwrap_or_else(|| "failed".into());
@@ -503,7 +509,7 @@ fn run_attempt_held(
                 t.fencing_token,
                 &err,
                 Some(exec.result),
-                Some(exec.log_file),
+                (!exec.log_file.is_empty()).then(|| exec.log_file.clone()),
             )
         } else {
             c.fail_logged(
@@ -511,7 +517,7 @@ fn run_attempt_held(
                 t.fencing_token,
                 &err,
                 Some(exec.result),
-                Some(exec.log_file),
+                (!exec.log_file.is_empty()).then(|| exec.log_file.clone()),
             )
         }
     };
@@ -592,6 +598,11 @@ pub struct RunOptions {
     /// `run_id` must be `run_tag`. No planning then, and only its
     /// `to_create` tasks are created.
     pub resume: Option<crate::run::resume::Resume>,
+    /// `--fresh`: a task id of the file already taken gets a suffix. Without
+    /// it a taken id fails the create with [`Error::IdTaken`] (nothing
+    /// created), so that a run started at the same moment as another of
+    /// the same file can look again and resume that one (`spec` 13.6).
+    pub fresh: bool,
     /// Longest idle sleep of a worker, in milliseconds.
     pub idle_poll_ms: u64,
     /// Write the final summary (`spec` 13.5): by the leader with the
@@ -870,7 +881,14 @@ pub fn run(
     let created = if specs.is_empty() {
         Vec::new()
     } else {
-        c.create_batch(specs, BatchIds::LocalKeys)?
+        // A leader's plan keeps its keys local (section 8); a tasks file's
+        // ids are the run's identity unless --fresh.
+        let ids = if o.fresh || planned {
+            BatchIds::LocalKeys
+        } else {
+            BatchIds::Exact
+        };
+        c.create_batch(specs, ids)?
     };
     progress(Progress::Created(kept.len() + created.len()));
     for (key, t) in keys.iter().zip(&created) {

@@ -430,3 +430,27 @@ while True:
     assert!(ok > 0, "every heartbeat was refused");
     eprintln!("{ok} heartbeats landed, {refused} refused, 0 attacker wins");
 }
+
+#[test]
+fn the_clock_file_must_be_a_regular_file_with_one_name() {
+    let env = TestEnv::new();
+    let clock = env.dir().join("clock");
+    // A hard link to a file elsewhere: refused, the file left as it was.
+    let victim = env.root().join("victim");
+    std::fs::write(&victim, "VICTIM").unwrap();
+    std::fs::remove_file(&clock).unwrap();
+    std::fs::hard_link(&victim, &clock).unwrap();
+    let before = env.snapshot();
+    let v = env.json(&["create-task", "x", "--json"], 65);
+    assert_eq!(v["error"]["kind"], "corrupt");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "VICTIM");
+    assert_eq!(env.snapshot(), before);
+    // A directory there is bad data too (65), not an I/O error.
+    std::fs::remove_file(&clock).unwrap();
+    std::fs::create_dir(&clock).unwrap();
+    env.expect(&["create-task", "x"], 65);
+    std::fs::remove_dir(&clock).unwrap();
+    // Missing: made again by the next mutation.
+    env.ok(&["create-task", "x"]);
+    assert!(clock.is_file());
+}

@@ -54,6 +54,17 @@ impl Env {
         v["backoff"] = json!({"base_ms": 10, "factor": 2.0, "max_ms": 50, "jitter": 0.0});
         std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
+    /// Runs `args` then `extra`, asserting exit 0 (stderr in the message).
+    fn run_ok(&self, args: &[&str], extra: &[&str]) -> std::process::Output {
+        let out = self.cmd().args(args).args(extra).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
     fn task_files(&self) -> Vec<String> {
         match std::fs::read_dir(self.coord().join("tasks")) {
             Ok(rd) => rd
@@ -984,18 +995,7 @@ fn the_same_tasks_file_again_resumes_the_interrupted_run_and_fresh_starts_anew()
         .args(["edit", "b", "--command", "echo b >> b.out"])
         .assert()
         .success();
-    let out = env
-        .cmd()
-        .args(args)
-        .args(["-o", "r.json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = env.run_ok(&args, &["-o", "r.json"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming run run-"));
     assert_eq!(env.task_files().len(), 3, "no task was duplicated");
     let r = report(&env.path().join("r.json"));
@@ -1125,18 +1125,7 @@ fn resume_finds_a_fresh_runs_suffixed_tasks_and_never_recreates_archived_ones() 
     env.cmd().args(["retry", &fresh_b]).assert().success();
     // The same command resumes the unfinished (fresh) run, not the older
     // finished one: its retried task runs.
-    let out = env
-        .cmd()
-        .args(args)
-        .args(["-o", "r.json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&args, &["-o", "r.json"]);
     assert_eq!(env.task(&fresh_b)["status"], "completed");
     assert_eq!(env.task_files().len(), 4, "nothing created");
     let r = report(&env.path().join("r.json"));

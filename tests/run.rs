@@ -1301,3 +1301,35 @@ fn a_planted_log_file_fails_that_attempt_and_the_run_goes_on() {
         "the link's target untouched"
     );
 }
+
+#[test]
+fn logs_follow_ends_when_the_holders_lease_has_run_out() {
+    // A worker killed with -9 leaves its task claimed until some mutation
+    // reaps it; a follower must not wait for that forever.
+    let env = Env::new();
+    env.cmd().args(["init", "g"]).assert().success();
+    env.cmd()
+        .args(["create-task", "t", "--id", "t"])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["claim", "t", "--agent", "gone", "--lease", "1s"])
+        .assert()
+        .success();
+    std::fs::create_dir_all(env.coord().join("logs")).unwrap();
+    std::fs::write(env.coord().join("logs/t.1.log"), "half a line").unwrap();
+    let start = Instant::now();
+    let out = env.cmd().args(["logs", "t", "-f"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "half a line");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holder seems gone"));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -360,6 +360,11 @@ pub fn logs(g: &Global, a: LogsArgs) -> Result<u8> {
                 "type": "end", "task_id": t.id, "attempt": attempt, "status": t.status,
                 "error": t.error,
             }))?;
+        } else if !g.quiet && t.status == orchestrate::Status::Claimed && t.attempts == attempt {
+            output::eline(format!(
+                "orchestrate: attempt {attempt} of {}: its lease ran out and its holder seems gone; the next mutation (or `orchestrate reap`) puts it back",
+                t.id
+            ));
         } else if !g.quiet {
             output::eline(format!(
                 "orchestrate: attempt {attempt} of {} is over: {}{}",

@@ -161,10 +161,22 @@ fn running(t: &Task, attempt: u32) -> bool {
     t.status == Status::Claimed && t.attempts == attempt
 }
 
+/// How long past `lease_expires_at` (by this host's clock) a follower
+/// keeps waiting for a claimed attempt, in milliseconds: after that its
+/// holder is taken to be gone (a reader does not reap, `spec` 4.6, so on a
+/// quiet queue the task would stay claimed until some mutation runs).
+const GONE_AFTER_MS: i64 = 2_000;
+
+fn holder_gone(c: &Coordination, t: &Task) -> bool {
+    t.lease_expires_at
+        .is_some_and(|e| crate::protocol::clock::ms_between(e, c.now()) > GONE_AFTER_MS)
+}
+
 /// Follows the output log of a task's attempt as `tail -f` does: passes
 /// every chunk of bytes to `out` as it is written, and returns when the
-/// attempt is over (the task is no longer claimed in that attempt) and the
-/// log is read to its end. With `attempt` `None`, follows the latest
+/// attempt is over (the task is no longer claimed in that attempt, or its
+/// lease ran out more than 2 s ago: the holder is gone) and the log is read
+/// to its end. With `attempt` `None`, follows the latest
 /// attempt, and waits for the first one of a task not attempted yet.
 /// Changes are seen through `notify` on `logs/` and `tasks/`, with a
 /// re-check every `poll_ms` milliseconds in any case.
@@ -234,7 +246,7 @@ pub fn follow(
         // Read the state first: output written before the attempt ended is
         // then read by the drain below.
         t = c.get(id)?;
-        let done = !running(&t, n);
+        let done = !running(&t, n) || holder_gone(c, &t);
         loop {
             // A log truncated under us (a new attempt reusing the number
             // after a crash): start again from its beginning.

@@ -291,6 +291,9 @@ impl Coordination {
             Sharing::Private => store::make_private(layout.root())?,
             Sharing::Default => {}
         }
+        // The check `open` makes below, made before anything is written:
+        // a directory we would then refuse is left as it was (spec 4.7).
+        crate::protocol::trust::check(layout.root())?;
         let _guard = lock::acquire(
             &layout.lock(),
             Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),

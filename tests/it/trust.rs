@@ -454,3 +454,36 @@ fn the_clock_file_must_be_a_regular_file_with_one_name() {
     env.ok(&["create-task", "x"]);
     assert!(clock.is_file());
 }
+
+#[test]
+fn init_refuses_a_directory_it_would_not_trust_before_writing_anything() {
+    if !is_root() {
+        eprintln!("SKIPPED init_refuses_a_directory_it_would_not_trust_before_writing_anything: needs root to chgrp to a group it is not in");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gs = tmp.path().join("gs");
+    std::fs::create_dir(&gs).unwrap();
+    std::os::unix::fs::chown(&gs, None, Some(65534)).unwrap();
+    std::fs::set_permissions(&gs, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let out = Command::new(bin())
+        .current_dir(&gs)
+        .env_remove("COORDINATION_DIR")
+        .env_remove("ORCHESTRATE_SAFE_DIRS")
+        .args(["init", "g", "--group-shared"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(gs.join(".coordination"))
+        .unwrap()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "init wrote files before refusing: {left:?}"
+    );
+}

@@ -68,17 +68,18 @@ impl Clock for ManualClock {
 /// (rustix), never through a C library that could be interposed.
 ///
 /// # Errors
-/// [`crate::Error::Io`] when the write or the `fstat` fails.
-pub fn server_now(f: &std::fs::File, path: &std::path::Path) -> crate::Result<Timestamp> {
+/// [`crate::error::Error::Io`] when the write or the `fstat` fails.
+pub fn server_now(f: &std::fs::File, path: &std::path::Path) -> crate::error::Result<Timestamp> {
     rustix::io::pwrite(f, b"\n", 0)
-        .map_err(|e| crate::Error::io("write the clock file", path, e.into()))?;
+        .map_err(|e| crate::error::Error::io("write the clock file", path, e.into()))?;
     let st = rustix::fs::fstat(f)
-        .map_err(|e| crate::Error::io("stat the clock file", path, e.into()))?;
+        .map_err(|e| crate::error::Error::io("stat the clock file", path, e.into()))?;
     #[allow(clippy::unnecessary_cast)] // the field types differ by target
     let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
     let ms = secs.saturating_mul(1000).saturating_add(nanos / 1_000_000);
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| crate::Error::corrupt(path, "has a modification time no timestamp can hold"))
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+        crate::error::Error::corrupt(path, "has a modification time no timestamp can hold")
+    })
 }
 
 /// Formats `t` as the spec's timestamp form: RFC 3339, UTC, milliseconds,

@@ -85,19 +85,22 @@ impl Shared {
         )
         .unwrap()
     }
-    fn set_lease_ms(&self, ms: u64) {
+    /// Changes `config.json` in place (the test is the only writer).
+    fn edit_config(&self, f: impl FnOnce(&mut Value)) {
         let p = self.a.join("config.json");
         let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        v["lease_ms"] = json!(ms);
+        f(&mut v);
         std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+    fn set_lease_ms(&self, ms: u64) {
+        self.edit_config(|v| v["lease_ms"] = json!(ms));
     }
     /// Retries after 10 ms: a lease expiry is a failed attempt with a
     /// backoff (spec 6.4), which these tests are not about.
     fn fast_backoff(&self) {
-        let p = self.a.join("config.json");
-        let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        v["backoff"] = json!({"base_ms": 10, "factor": 2.0, "max_ms": 20, "jitter": 0.0});
-        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        self.edit_config(|v| {
+            v["backoff"] = json!({"base_ms": 10, "factor": 2.0, "max_ms": 20, "jitter": 0.0})
+        });
     }
     fn events(&self) -> Vec<Value> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.a.join("events"))

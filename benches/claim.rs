@@ -41,7 +41,9 @@
 //! files, including the clean-up of a previous run of this bench.
 
 use orchestrate::protocol::events;
-use orchestrate::{BatchIds, ClaimOutcome, ClaimRequest, Coordination, NewTask, NotReadyReason};
+use orchestrate::{
+    BatchIds, ClaimOutcome, ClaimRequest, Coordination, NewTask, NotReadyReason, Report, Task,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -604,6 +606,42 @@ impl Cycler for Ours {
     }
 }
 
+/// Ours as a busy worker runs (`spec` 5.10): each completion claims the
+/// next task in the same mutation (`complete --claim-next`), so a cycle is
+/// one mutation; the first cycle's claim is a mutation of its own.
+struct OursChained {
+    c: Coordination,
+    req: ClaimRequest,
+    held: Option<Task>,
+}
+
+impl Cycler for OursChained {
+    fn cycle(&mut self) -> BoxResult<(Duration, Duration)> {
+        let t0 = Instant::now();
+        let t = match self.held.take() {
+            Some(t) => t,
+            None => match self.c.claim(&self.req)? {
+                ClaimOutcome::Claimed(t) => *t,
+                ClaimOutcome::NothingReady(nr) => {
+                    return Err(format!("queue ran dry: {}", nr.message).into())
+                }
+            },
+        };
+        let t1 = Instant::now();
+        let (_, next) = self.c.report_and_claim(
+            t.id.as_str(),
+            t.fencing_token,
+            Report::Complete { result: None },
+            None,
+            &self.req,
+        )?;
+        if let ClaimOutcome::Claimed(n) = next? {
+            self.held = Some(*n);
+        }
+        Ok((t1 - t0, t1.elapsed()))
+    }
+}
+
 /// The SQLite baseline: the same claim and complete, one durable
 /// transaction each.
 struct Sqlite {
@@ -668,71 +706,120 @@ impl Sqlite {
     /// Claim: lazily reap expired leases (as every mutation of ours does),
     /// pick the most urgent ready pending task, take it with token + 1.
     fn claim(&mut self) -> BoxResult<Option<(String, i64)>> {
-        let now = now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let r = sqlite_claim(&tx, &self.agent)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Complete: check status, token and lease, then mark completed.
+    fn complete(&mut self, id: &str, token: i64) -> BoxResult<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        sqlite_complete(&tx, &self.agent, id, token)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Complete, then claim the next task, in one transaction (the
+    /// baseline of [`OursChained`]).
+    fn complete_then_claim(&mut self, id: &str, token: i64) -> BoxResult<Option<(String, i64)>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        sqlite_complete(&tx, &self.agent, id, token)?;
+        let r = sqlite_claim(&tx, &self.agent)?;
+        tx.commit()?;
+        Ok(r)
+    }
+}
+
+/// The claim of [`Sqlite::claim`], inside `tx`.
+fn sqlite_claim(tx: &rusqlite::Transaction<'_>, agent: &str) -> BoxResult<Option<(String, i64)>> {
+    let now = now_ms();
+    {
         tx.prepare_cached(
             "UPDATE tasks SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL,
                  updated_at = ?1
              WHERE status = 'claimed' AND lease_expires_at <= ?1",
         )?
         .execute(params![now])?;
-        let picked: Option<(String, i64)> = tx
-            .prepare_cached(
-                "SELECT id, fencing_token FROM tasks
-                 WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?1)
-                 ORDER BY priority, seq LIMIT 1",
-            )?
-            .query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((id, token)) = picked else {
-            tx.commit()?;
-            return Ok(None);
-        };
-        let token = token + 1;
-        tx.prepare_cached(
-            "UPDATE tasks SET status = 'claimed', claimed_by = ?2, fencing_token = ?3,
-                 lease_expires_at = ?4, attempts = attempts + 1, updated_at = ?5
-             WHERE id = ?1",
-        )?
-        .execute(params![id, self.agent, token, now + LEASE_MS as i64, now])?;
-        tx.prepare_cached(
-            "INSERT INTO events(ts, event, task_id, agent_id, fencing_token)
-             VALUES (?1, 'task_claimed', ?2, ?3, ?4)",
-        )?
-        .execute(params![now, id, self.agent, token])?;
-        tx.commit()?;
-        Ok(Some((id, token)))
     }
+    let picked: Option<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT id, fencing_token FROM tasks
+             WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?1)
+             ORDER BY priority, seq LIMIT 1",
+        )?
+        .query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((id, token)) = picked else {
+        return Ok(None);
+    };
+    let token = token + 1;
+    tx.prepare_cached(
+        "UPDATE tasks SET status = 'claimed', claimed_by = ?2, fencing_token = ?3,
+             lease_expires_at = ?4, attempts = attempts + 1, updated_at = ?5
+         WHERE id = ?1",
+    )?
+    .execute(params![id, agent, token, now + LEASE_MS as i64, now])?;
+    tx.prepare_cached(
+        "INSERT INTO events(ts, event, task_id, agent_id, fencing_token)
+         VALUES (?1, 'task_claimed', ?2, ?3, ?4)",
+    )?
+    .execute(params![now, id, agent, token])?;
+    Ok(Some((id, token)))
+}
 
-    /// Complete: check status, token and lease, then mark completed.
-    fn complete(&mut self, id: &str, token: i64) -> BoxResult<()> {
-        let now = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (status, cur, lease): (String, i64, Option<i64>) = tx
-            .prepare_cached(
-                "SELECT status, fencing_token, lease_expires_at FROM tasks WHERE id = ?1",
-            )?
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        if status != "claimed" || cur != token || lease.is_none_or(|l| l <= now) {
-            return Err(format!("sqlite: lease lost on {id}").into());
-        }
-        tx.prepare_cached(
-            "UPDATE tasks SET status = 'completed', lease_expires_at = NULL, result = NULL,
-                 updated_at = ?2
-             WHERE id = ?1",
-        )?
-        .execute(params![id, now])?;
-        tx.prepare_cached(
-            "INSERT INTO events(ts, event, task_id, agent_id, fencing_token)
-             VALUES (?1, 'task_completed', ?2, ?3, ?4)",
-        )?
-        .execute(params![now, id, self.agent, token])?;
-        tx.commit()?;
-        Ok(())
+/// The completion of [`Sqlite::complete`], inside `tx`: check status,
+/// token and lease, then mark completed.
+fn sqlite_complete(
+    tx: &rusqlite::Transaction<'_>,
+    agent: &str,
+    id: &str,
+    token: i64,
+) -> BoxResult<()> {
+    let now = now_ms();
+    let (status, cur, lease): (String, i64, Option<i64>) = tx
+        .prepare_cached("SELECT status, fencing_token, lease_expires_at FROM tasks WHERE id = ?1")?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    if status != "claimed" || cur != token || lease.is_none_or(|l| l <= now) {
+        return Err(format!("sqlite: lease lost on {id}").into());
+    }
+    tx.prepare_cached(
+        "UPDATE tasks SET status = 'completed', lease_expires_at = NULL, result = NULL,
+             updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
+    tx.prepare_cached(
+        "INSERT INTO events(ts, event, task_id, agent_id, fencing_token)
+         VALUES (?1, 'task_completed', ?2, ?3, ?4)",
+    )?
+    .execute(params![now, id, agent, token])?;
+    Ok(())
+}
+
+/// [`Sqlite`] as a busy worker would use it: complete and claim the next
+/// in one transaction.
+struct SqliteChained {
+    db: Sqlite,
+    held: Option<(String, i64)>,
+}
+
+impl Cycler for SqliteChained {
+    fn cycle(&mut self) -> BoxResult<(Duration, Duration)> {
+        let t0 = Instant::now();
+        let (id, token) = match self.held.take() {
+            Some(h) => h,
+            None => self.db.claim()?.ok_or("sqlite queue ran dry")?,
+        };
+        let t1 = Instant::now();
+        self.held = self.db.complete_then_claim(&id, token)?;
+        Ok((t1 - t0, t1.elapsed()))
     }
 }
 
@@ -802,10 +889,12 @@ fn scenario_single(root: &Path, o: &Opts) -> BoxResult<f64> {
     );
     let (durable, t_d) = make_queue(&root.join("single-durable"), o.tasks, "durable")?;
     let (relaxed, t_r) = make_queue(&root.join("single-relaxed"), o.tasks, "relaxed")?;
+    let (chained, _) = make_queue(&root.join("single-chained"), o.tasks, "durable")?;
     std::fs::create_dir_all(root.join("sqlite"))?;
     let t = Instant::now();
     let sqlite = Sqlite::create(&root.join("sqlite").join("bench.db"), o.tasks)?;
     let t_s = t.elapsed();
+    let sqlite_chained = Sqlite::create(&root.join("sqlite").join("chained.db"), o.tasks)?;
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
     println!(
@@ -831,6 +920,27 @@ fn scenario_single(root: &Path, o: &Opts) -> BoxResult<f64> {
         (
             "orchestrate, relaxed (NOT power-loss safe)",
             Box::new(Ours::new(relaxed, "bench-relaxed")),
+            Rounds::default(),
+        ),
+        (
+            "orchestrate, durable, complete+claim next",
+            Box::new(OursChained {
+                c: chained,
+                req: ClaimRequest {
+                    agent: "bench-chained".into(),
+                    lease_ms: Some(LEASE_MS),
+                    ..Default::default()
+                },
+                held: None,
+            }),
+            Rounds::default(),
+        ),
+        (
+            "sqlite, complete+claim next in one txn",
+            Box::new(SqliteChained {
+                db: sqlite_chained,
+                held: None,
+            }),
             Rounds::default(),
         ),
     ];
@@ -885,6 +995,14 @@ fn scenario_single(root: &Path, o: &Opts) -> BoxResult<f64> {
     println!(
         "ratio ours relaxed/durable:                {:.2}",
         med[2] / med[0]
+    );
+    println!(
+        "ratio ours chained/sqlite (separate txns): {:.2}",
+        med[3] / med[1]
+    );
+    println!(
+        "ratio ours chained/sqlite chained:         {:.2}",
+        med[3] / med[4]
     );
     Ok(med[0])
 }

@@ -45,5 +45,5 @@ pub use protocol::discovery::{Discovery, NewDiscovery};
 pub use protocol::task::{Context, NewTask, Status, Task, TaskId};
 pub use protocol::{
     init_dir, resolve_dir, BatchIds, ClaimOutcome, ClaimRequest, Coordination, Listing, NotReady,
-    NotReadyReason, Reaped, StatusReport, TaskEdit,
+    NotReadyReason, Reaped, Report, StatusReport, TaskEdit,
 };

@@ -670,6 +670,35 @@ fn work_until_empty_drains_the_queue_with_the_shell_adapter() {
     for i in 0..3 {
         assert_eq!(env.task(&format!("t{i}"))["status"], "completed");
     }
+    // One mutation per cycle (spec 5.10): each completion but the last
+    // claims the next task in the same mutation (same `ts`, read once).
+    let events = std::fs::read_to_string(env.coord().join("events.jsonl")).unwrap();
+    let events: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| matches!(e["event"].as_str(), Some("task_completed" | "task_claimed")))
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "task_claimed",
+            "task_completed",
+            "task_claimed",
+            "task_completed",
+            "task_claimed",
+            "task_completed"
+        ]
+    );
+    for pair in [(1, 2), (3, 4)] {
+        assert_eq!(
+            events[pair.0]["ts"], events[pair.1]["ts"],
+            "completion and next claim in one mutation: {events:?}"
+        );
+    }
 }
 
 #[test]

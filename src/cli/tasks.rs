@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use orchestrate::{
     protocol::clock, resolve_dir, ClaimOutcome, ClaimRequest, Context, Coordination, Error,
-    NewTask, Status, Task,
+    NewTask, Report, Status, Task,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -210,10 +210,49 @@ pub struct TokenArgs {
     pub lease: Option<std::time::Duration>,
 }
 
+/// `--claim-next` of `complete` and `fail`: report and claim in one
+/// transaction (`spec` 5.10).
+#[derive(Debug, Args)]
+pub struct ClaimNext {
+    /// Then claim the next ready task in the same transaction (one commit per worker cycle); exit 3 if none is ready
+    #[arg(long)]
+    pub claim_next: bool,
+    /// With --claim-next: who claims [env: ORCHESTRATE_AGENT_ID]
+    #[command(flatten)]
+    pub who: AgentId,
+    /// With --claim-next: only tasks with this tag (repeatable: all must match)
+    #[arg(long = "tag", value_name = "T", requires = "claim_next")]
+    pub tags: Vec<String>,
+    /// With --claim-next: lease length, e.g. 5m [default: lease_ms from config.json]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "claim_next")]
+    pub lease: Option<std::time::Duration>,
+}
+
+impl ClaimNext {
+    /// The claim request, when `--claim-next` was given.
+    fn request(&self) -> Result<Option<ClaimRequest>> {
+        if !self.claim_next {
+            return Ok(None);
+        }
+        if let Some(l) = self.lease {
+            warn_short_lease(l);
+        }
+        Ok(Some(ClaimRequest {
+            agent: self.who.require()?,
+            task_id: None,
+            tags: self.tags.clone(),
+            lease_ms: self.lease.map(|d| d.as_millis() as u64),
+            only_if_idle: false,
+        }))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
     #[command(flatten)]
     pub held: Held,
+    #[command(flatten)]
+    pub next: ClaimNext,
     /// The result, as text
     #[arg(long, value_name = "TEXT", conflicts_with = "result_file")]
     pub result: Option<String>,
@@ -233,6 +272,8 @@ pub struct FailArgs {
     /// `dead` at once, without retries (`retry` brings it back)
     #[arg(long)]
     pub permanent: bool,
+    #[command(flatten)]
+    pub next: ClaimNext,
 }
 
 #[derive(Debug, Args)]
@@ -608,17 +649,67 @@ fn claim_json(t: &Task) -> Value {
 /// granularity of a worker's heartbeat loop) is lost to the first hiccup.
 const MIN_SAFE_LEASE_MS: u64 = 3_000;
 
+/// Warns on stderr about a lease too short for a holder to keep up.
+fn warn_short_lease(l: std::time::Duration) {
+    let ms = l.as_millis() as u64;
+    if ms < MIN_SAFE_LEASE_MS {
+        output::eline(format!(
+            "orchestrate: warning: a lease of {} is shorter than 3 heartbeat intervals of 1 s; heartbeat at least every {} ms or the task is reclaimed (workers heartbeat every third of their lease)",
+            humantime::format_duration(l),
+            ms / 3
+        ));
+    }
+}
+
+/// The `--json` document of a claim's outcome (`spec` 11, `claim`) and its
+/// exit code: 0 claimed, 3 nothing ready.
+fn claim_outcome_json(outcome: &ClaimOutcome) -> (Value, u8) {
+    match outcome {
+        ClaimOutcome::Claimed(t) => (claim_json(t), 0),
+        ClaimOutcome::NothingReady(nr) => (
+            json!({
+                "task": null,
+                "reason": nr.reason,
+                "next_ready_at": nr.next_ready_at.map(|x| clock::format(&x)),
+                "message": nr.message,
+            }),
+            3,
+        ),
+    }
+}
+
+/// Prints a claim's outcome for people: the claimed task on stdout, or
+/// why nothing was claimed on stderr. Returns the exit code (0 or 3).
+fn print_claim_human(outcome: &ClaimOutcome) -> Result<u8> {
+    match outcome {
+        ClaimOutcome::Claimed(t) => {
+            output::line(format!(
+                "claimed {} (token {}, attempt {}/{}, lease until {})\n{}",
+                t.id,
+                t.fencing_token,
+                t.attempts,
+                t.max_attempts,
+                t.lease_expires_at
+                    .map(|x| clock::format(&x))
+                    .unwrap_or_default(),
+                t.description
+            ))?;
+            Ok(0)
+        }
+        ClaimOutcome::NothingReady(nr) => {
+            output::eline(format!(
+                "orchestrate: nothing ready to claim: {}",
+                nr.message
+            ));
+            Ok(3)
+        }
+    }
+}
+
 pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
     let c = open(g)?;
     if let Some(l) = a.lease {
-        let ms = l.as_millis() as u64;
-        if ms < MIN_SAFE_LEASE_MS {
-            output::eline(format!(
-                "orchestrate: warning: a lease of {} is shorter than 3 heartbeat intervals of 1 s; heartbeat at least every {} ms or the task is reclaimed (workers heartbeat every third of their lease)",
-                humantime::format_duration(l),
-                ms / 3
-            ));
-        }
+        warn_short_lease(l);
     }
     let req = ClaimRequest {
         agent: a.who.require()?,
@@ -638,41 +729,45 @@ pub fn claim(g: &Global, a: ClaimArgs) -> Result<u8> {
             c.claim_wait(&req, timeout, a.poll)?
         }
     };
-    match outcome {
-        ClaimOutcome::Claimed(t) => {
-            if g.json {
-                output::json(&claim_json(&t))?;
-            } else {
-                output::line(format!(
-                    "claimed {} (token {}, attempt {}/{}, lease until {})\n{}",
-                    t.id,
-                    t.fencing_token,
-                    t.attempts,
-                    t.max_attempts,
-                    t.lease_expires_at
-                        .map(|x| clock::format(&x))
-                        .unwrap_or_default(),
-                    t.description
-                ))?;
-            }
-            Ok(0)
-        }
-        ClaimOutcome::NothingReady(nr) => {
-            if g.json {
-                output::json(&json!({
-                    "task": null,
-                    "reason": nr.reason,
-                    "next_ready_at": nr.next_ready_at.map(|x| clock::format(&x)),
-                    "message": nr.message,
-                }))?;
-            } else {
-                output::eline(format!(
-                    "orchestrate: nothing ready to claim: {}",
-                    nr.message
-                ));
-            }
-            Ok(3)
-        }
+    if g.json {
+        let (doc, code) = claim_outcome_json(&outcome);
+        output::json(&doc)?;
+        Ok(code)
+    } else {
+        print_claim_human(&outcome)
+    }
+}
+
+/// Reports a held task and, with `--claim-next`, claims the next one in
+/// the same transaction (`spec` 5.10). `human` says what the report did,
+/// for people.
+fn report(
+    g: &Global,
+    held: &Held,
+    next: &ClaimNext,
+    r: Report,
+    human: impl FnOnce(&Task) -> String,
+) -> Result<u8> {
+    let req = next.request()?;
+    let c = open(g)?;
+    let Some(req) = req else {
+        let t = c.report(&held.id, held.token, r, None)?;
+        return print_task(g, &t, || human(&t));
+    };
+    let (t, outcome) = c.report_and_claim(&held.id, held.token, r, None, &req)?;
+    let outcome = outcome.with_context(|| {
+        format!(
+            "task `{}` is {} as asked, but claiming the next task failed",
+            t.id, t.status
+        )
+    })?;
+    if g.json {
+        let (doc, code) = claim_outcome_json(&outcome);
+        output::json(&json!({ "reported": t, "next": doc }))?;
+        Ok(code)
+    } else {
+        output::line(human(&t))?;
+        print_claim_human(&outcome)
     }
 }
 
@@ -744,19 +839,18 @@ pub fn complete(g: &Global, a: CompleteArgs) -> Result<u8> {
         }
         (None, None) => None,
     };
-    let c = open(g)?;
-    let t = c.complete(&a.held.id, a.held.token, result)?;
-    print_task(g, &t, || format!("completed {}", t.id))
+    report(g, &a.held, &a.next, Report::Complete { result }, |t| {
+        format!("completed {}", t.id)
+    })
 }
 
 pub fn fail(g: &Global, a: FailArgs) -> Result<u8> {
-    let c = open(g)?;
-    let t = if a.permanent {
-        c.fail_permanent_logged(&a.held.id, a.held.token, &a.error, None, None)?
-    } else {
-        c.fail(&a.held.id, a.held.token, &a.error)?
+    let r = Report::Fail {
+        error: a.error.clone(),
+        result: None,
+        permanent: a.permanent,
     };
-    print_task(g, &t, || {
+    report(g, &a.held, &a.next, r, |t| {
         match t.status {
         Status::Dead if a.permanent => format!(
             "{} failed permanently (attempt {}/{}); it is dead, `orchestrate retry {}` brings it back",

@@ -10,13 +10,14 @@
 /// forever if `ORCHESTRATE_HANG_AT` does (debug builds only). Points:
 /// `before_temp_write`, `after_temp_write`, `after_fsync`, `after_rename`,
 /// `between_batch_files`, `after_batch_intent`, `before_dir_fsync`,
-/// `before_event_append`, `mid_event_append` (half a line written).
+/// `before_event_append`, `mid_event_append` (half a line written);
+/// `<name>#<n>` aborts at the `n`th pass of `name` instead of the first.
 #[inline]
 pub fn point(name: &str) {
     #[cfg(debug_assertions)]
     {
         if let Some(v) = std::env::var_os("ORCHESTRATE_CRASH_AT") {
-            if v == name {
+            if v == name || nth_hit(&v, name) {
                 std::process::abort();
             }
         }
@@ -30,6 +31,25 @@ pub fn point(name: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = name;
+}
+
+/// For `ORCHESTRATE_CRASH_AT=<name>#<n>`: counts the passes of `name` and
+/// is true at the `n`th (1-based), so that a test can crash at the second
+/// rename of a mutation that writes two files.
+#[cfg(debug_assertions)]
+fn nth_hit(v: &std::ffi::OsStr, name: &str) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+    let Some((point, n)) = v.to_str().and_then(|v| v.split_once('#')) else {
+        return false;
+    };
+    if point != name {
+        return false;
+    }
+    let Ok(n) = n.parse::<u64>() else {
+        return false;
+    };
+    PASSES.fetch_add(1, Ordering::SeqCst) + 1 == n
 }
 
 /// True when `ORCHESTRATE_CRASH_AT` names `name` (debug builds only); for

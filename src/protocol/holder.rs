@@ -1,8 +1,48 @@
-//! The holder's operations (`spec` 5.3): completion, which promotes the dependents that become ready.
+//! The holder's operations (`spec` 5.3, 5.4): completion, which promotes the dependents that become ready, and a failed attempt.
 
 use super::*;
 
 impl Txn<'_> {
+    /// Ends the attempt of a task held with `token` as `report` says.
+    pub(super) fn report(
+        &mut self,
+        id: &TaskId,
+        token: u64,
+        report: Report,
+        log_file: Option<String>,
+    ) -> Result<Task> {
+        match report {
+            Report::Complete { result } => self.complete(id, token, result, log_file),
+            Report::Fail {
+                error,
+                result,
+                permanent,
+            } => self.fail_held(id, token, error, result, log_file, permanent),
+        }
+    }
+
+    /// Fails the attempt of a task held with `token` (`spec` 5.4),
+    /// recording what it produced; see [`Txn::fail_attempt`].
+    pub(super) fn fail_held(
+        &mut self,
+        id: &TaskId,
+        token: u64,
+        error: String,
+        result: Option<Value>,
+        log_file: Option<String>,
+        permanent: bool,
+    ) -> Result<Task> {
+        let mut t = self.load(id)?;
+        t.check_token(token, self.now, "fail")?;
+        if result.is_some() {
+            t.result = result;
+        }
+        if log_file.is_some() {
+            t.log_file = log_file;
+        }
+        self.fail_attempt(t, error, "task_failed", permanent)
+    }
+
     pub(super) fn complete(
         &mut self,
         id: &TaskId,

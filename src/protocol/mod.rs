@@ -117,6 +117,26 @@ pub struct ClaimRequest {
     pub only_if_idle: bool,
 }
 
+/// How a holder ends an attempt, for [`Coordination::report_and_claim`].
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// Complete the task with this result (`spec` 5.3).
+    Complete {
+        /// Stored as the task's `result`.
+        result: Option<Value>,
+    },
+    /// Fail the attempt (`spec` 5.4): back to `pending` after a backoff,
+    /// or `dead` when attempts are exhausted or `permanent`.
+    Fail {
+        /// Stored as the task's `error`.
+        error: String,
+        /// What the attempt produced, stored as `result` when `Some`.
+        result: Option<Value>,
+        /// Dead at once, whatever attempts are left.
+        permanent: bool,
+    },
+}
+
 /// Why a claim found nothing (`spec` section 6.1, the `reason` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -483,16 +503,7 @@ impl Coordination {
     /// [`Error::TaskNotFound`] or [`Error::WrongState`] (not pending,
     /// dependencies not completed, backing off); lock, I/O and data errors.
     pub fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome> {
-        task::validate_name("agent id", &req.agent)?;
-        if req
-            .lease_ms
-            .is_some_and(|l| l == 0 || l > crate::protocol::config::MAX_DURATION_MS)
-        {
-            return Err(Error::Invalid(
-                "the lease must be between 1 ms and one year".into(),
-            ));
-        }
-        let named = req.task_id.as_deref().map(TaskId::new).transpose()?;
+        let named = validate_claim(req)?;
         let out = self.mutate(|tx| tx.claim(req, named.as_ref()))?;
         // Something planted in the index was found and removed during the
         // claim (which marks the index stale): what it said is not to be
@@ -706,17 +717,7 @@ impl Coordination {
         permanent: bool,
     ) -> Result<Task> {
         let id = TaskId::new(id)?;
-        self.mutate(|tx| {
-            let mut t = tx.load(&id)?;
-            t.check_token(token, tx.now, "fail")?;
-            if result.is_some() {
-                t.result = result;
-            }
-            if log_file.is_some() {
-                t.log_file = log_file;
-            }
-            tx.fail_attempt(t, error.to_string(), "task_failed", permanent)
-        })
+        self.mutate(|tx| tx.fail_held(&id, token, error.to_string(), result, log_file, permanent))
     }
 
     /// As [`Coordination::fail_logged`], but the task goes to `dead` at
@@ -737,6 +738,61 @@ impl Coordination {
         log_file: Option<String>,
     ) -> Result<Task> {
         self.fail_with(id, token, error, result, log_file, true)
+    }
+
+    /// Reports a held task's attempt: [`Coordination::complete_logged`] or
+    /// [`Coordination::fail_logged`] (or its permanent form), as `report`
+    /// says.
+    ///
+    /// # Errors
+    /// As [`Coordination::heartbeat`].
+    pub fn report(
+        &self,
+        id: &str,
+        token: u64,
+        report: Report,
+        log_file: Option<String>,
+    ) -> Result<Task> {
+        let id = TaskId::new(id)?;
+        self.mutate(|tx| tx.report(&id, token, report, log_file))
+    }
+
+    /// Reports a held task's attempt (`complete` or `fail`, as `report`
+    /// says) and claims the next task for `next` in the same transaction:
+    /// one lock hold, one directory fsync and one `events.jsonl` append
+    /// for a worker's whole cycle instead of two (`spec` 6.6). The claim
+    /// sees the report's effects (a dependent it made ready can be the
+    /// task claimed). `log_file` is as in [`Coordination::complete_logged`].
+    ///
+    /// Returns the reported task and the claim's outcome. The claim's own
+    /// failure (a bad `next`, a named task not ready) does not undo the
+    /// report: it comes back as the inner `Err`, the report stands.
+    ///
+    /// # Errors
+    /// The report's errors, as [`Coordination::heartbeat`] (nothing is
+    /// claimed then); lock and I/O errors; [`Error::Invalid`] for a bad
+    /// `next` before anything is done.
+    pub fn report_and_claim(
+        &self,
+        id: &str,
+        token: u64,
+        report: Report,
+        log_file: Option<String>,
+        next: &ClaimRequest,
+    ) -> Result<(Task, Result<ClaimOutcome>)> {
+        let id = TaskId::new(id)?;
+        let named = validate_claim(next)?;
+        let (t, out) = self.mutate(|tx| {
+            let t = tx.report(&id, token, report, log_file)?;
+            Ok((t, tx.claim(next, named.as_ref())))
+        })?;
+        // As in [`Coordination::claim`]: an index found stale during the
+        // claim is rebuilt by a fresh transaction before the answer counts.
+        let out = match out {
+            Ok(ClaimOutcome::NothingReady(_)) if !self.index.is_current() => self.claim(next),
+            o => o,
+        };
+        Ok((t, out))
     }
 
     /// Gives a held task back without spending an attempt (`spec` 5.5).
@@ -1416,6 +1472,20 @@ impl Coordination {
             .map(|(ms, id, _)| (ms, id))
             .collect())
     }
+}
+
+/// Checks a claim request before any lock is taken; the named task's id.
+fn validate_claim(req: &ClaimRequest) -> Result<Option<TaskId>> {
+    task::validate_name("agent id", &req.agent)?;
+    if req
+        .lease_ms
+        .is_some_and(|l| l == 0 || l > crate::protocol::config::MAX_DURATION_MS)
+    {
+        return Err(Error::Invalid(
+            "the lease must be between 1 ms and one year".into(),
+        ));
+    }
+    req.task_id.as_deref().map(TaskId::new).transpose()
 }
 
 /// One lock hold: a mutation in progress.

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::protocol::clock;
 use crate::protocol::task::{NewTask, Status, Task, TaskId};
-use crate::protocol::{BatchIds, ClaimOutcome, ClaimRequest, Coordination, NotReadyReason};
+use crate::protocol::{BatchIds, ClaimOutcome, ClaimRequest, Coordination, NotReadyReason, Report};
 use crate::run::agent::{self, AgentKind, AgentSpec, Attempt};
 use crate::run::plan;
 use serde::Serialize;
@@ -252,15 +252,35 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
     } else {
         None
     };
+    // A task claimed by the previous attempt's report (one transaction
+    // per cycle, `spec` 5.10), already in HELD.
+    let mut next: Option<Task> = None;
     loop {
         if interrupted() || s.done.load(Ordering::SeqCst) {
+            if let Some(t) = next.take() {
+                match s.c.release(t.id.as_str(), t.fencing_token) {
+                    Ok(_) => summary.released += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, task_id = %t.id, "could not release the task just claimed; its lease will expire")
+                    }
+                }
+                unhold(&t.id, t.fencing_token);
+            }
             return Ok(summary);
         }
         let seen = s.wake.current();
-        match s.c.claim(&req) {
+        let claimed = match next.take() {
+            Some(t) => Ok(ClaimOutcome::Claimed(Box::new(t))),
+            None => s.c.claim(&req).inspect(|out| {
+                if let ClaimOutcome::Claimed(t) = out {
+                    hold(s.c.layout().root(), &t.id, t.fencing_token);
+                }
+            }),
+        };
+        match claimed {
             Ok(ClaimOutcome::Claimed(t)) => {
                 lock_timeouts = 0;
-                run_attempt(s, o, *t, &mut summary)?;
+                next = run_attempt(s, o, *t, &req, &mut summary)?;
                 s.wake.notify();
             }
             Ok(ClaimOutcome::NothingReady(nr)) => {
@@ -296,15 +316,18 @@ fn worker_loop(s: &Shared<'_>, o: &WorkerOptions) -> Result<WorkerSummary> {
     }
 }
 
+/// Runs one attempt of `t` (already in HELD) and reports it; the report
+/// also claims the next task for `req` when the worker goes on. Returns
+/// that task (in HELD), if one was claimed.
 fn run_attempt(
     s: &Shared<'_>,
     o: &WorkerOptions,
     t: Task,
+    req: &ClaimRequest,
     summary: &mut WorkerSummary,
-) -> Result<()> {
-    hold(s.c.layout().root(), &t.id, t.fencing_token);
+) -> Result<Option<Task>> {
     let (id, token) = (t.id.clone(), t.fencing_token);
-    let r = run_attempt_held(s, o, t, summary);
+    let r = run_attempt_held(s, o, t, req, summary);
     unhold(&id, token);
     r
 }
@@ -313,8 +336,9 @@ fn run_attempt_held(
     s: &Shared<'_>,
     o: &WorkerOptions,
     t: Task,
+    req: &ClaimRequest,
     summary: &mut WorkerSummary,
-) -> Result<()> {
+) -> Result<Option<Task>> {
     let c = s.c;
     let span = tracing::info_span!(
         "attempt",
@@ -442,7 +466,7 @@ fn run_attempt_held(
             task_id: t.id.clone(),
             agent_id: o.agent_id.clone(),
         });
-        return Ok(());
+        return Ok(None);
     }
     if lease_lost.load(Ordering::SeqCst) {
         summary.lease_lost += 1;
@@ -451,7 +475,7 @@ fn run_attempt_held(
             task_id: t.id.clone(),
             agent_id: o.agent_id.clone(),
         });
-        return Ok(());
+        return Ok(None);
     }
     if self_failed.load(Ordering::SeqCst) && !interrupted() {
         // The agent ran `orchestrate fail` itself: its report stands.
@@ -466,7 +490,7 @@ fn run_attempt_held(
                 agent_id: o.agent_id.clone(),
             });
         }
-        return Ok(());
+        return Ok(None);
     }
     if exec.cancelled || interrupted() {
         match c.release(t.id.as_str(), t.fencing_token) {
@@ -475,7 +499,7 @@ fn run_attempt_held(
                 tracing::warn!(error = %e, "could not release the task on interrupt; its lease will expire")
             }
         }
-        return Ok(());
+        return Ok(None);
     }
     let stop_run = exec
         .stop_run
@@ -494,32 +518,39 @@ fn run_attempt_held(
             Err(e) => tracing::warn!(error = %e, "could not record the reply's discoveries"),
         }
     }
-    let reported = if exec.ok {
-        c.complete_logged(
-            t.id.as_str(),
-            t.fencing_token,
-            Some(exec.result),
-            (!exec.log_file.is_empty()).then(|| exec.log_file.clone()),
-        )
-    } else {
-        let err = exec.error.unwrap_or_else(|| "failed".into());
-        if exec.permanent {
-            c.fail_permanent_logged(
-                t.id.as_str(),
-                t.fencing_token,
-                &err,
-                Some(exec.result),
-                (!exec.log_file.is_empty()).then(|| exec.log_file.clone()),
-            )
-        } else {
-            c.fail_logged(
-                t.id.as_str(),
-                t.fencing_token,
-                &err,
-                Some(exec.result),
-                (!exec.log_file.is_empty()).then(|| exec.log_file.clone()),
-            )
+    let log_file = (!exec.log_file.is_empty()).then(|| exec.log_file.clone());
+    let report = if exec.ok {
+        Report::Complete {
+            result: Some(exec.result),
         }
+    } else {
+        Report::Fail {
+            error: exec.error.unwrap_or_else(|| "failed".into()),
+            result: Some(exec.result),
+            permanent: exec.permanent,
+        }
+    };
+    // Going on: the report claims the next task in the same transaction
+    // (one commit per cycle, `spec` 5.10).
+    let go_on = stop_run.is_none() && !interrupted() && !s.done.load(Ordering::SeqCst);
+    let mut next = None;
+    let reported = if go_on {
+        c.report_and_claim(t.id.as_str(), t.fencing_token, report, log_file, req)
+            .map(|(after, claimed)| {
+                match claimed {
+                    Ok(ClaimOutcome::Claimed(n)) => {
+                        hold(c.layout().root(), &n.id, n.fencing_token);
+                        next = Some(*n);
+                    }
+                    Ok(ClaimOutcome::NothingReady(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming the next task failed; trying again")
+                    }
+                }
+                after
+            })
+    } else {
+        c.report(t.id.as_str(), t.fencing_token, report, log_file)
     };
     match reported {
         Ok(after) => {
@@ -572,7 +603,7 @@ fn run_attempt_held(
         // adapter's own words instead of burning the queue's attempts.
         return Err(Error::AdapterUnusable(reason));
     }
-    Ok(())
+    Ok(next)
 }
 
 /// Everything `run` needs (`spec` section 13.1).

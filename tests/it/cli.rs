@@ -609,6 +609,135 @@ fn complete_makes_dependents_claimable() {
     assert_eq!(env.claim("w", &[]).id, b);
 }
 
+/// `complete --claim-next` (spec 5.10, 11): the completion and the claim of
+/// the dependent it made ready are one mutation, one event append; exit 3
+/// when the report is done and nothing is left.
+#[test]
+fn complete_claim_next_claims_the_dependent_in_the_same_mutation() {
+    let env = TestEnv::new();
+    let a = env.create("a", &[]);
+    let b = env.create("b", &["-d", &a]);
+    let ca = env.claim("w", &[]);
+    let events_before = std::fs::read_to_string(env.dir().join("events.jsonl")).unwrap();
+    let doc = env.json(
+        &[
+            "complete",
+            &a,
+            "--token",
+            &ca.token_arg(),
+            "--result",
+            "done",
+            "--claim-next",
+            "--agent",
+            "w2",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(doc["reported"]["id"], a.as_str());
+    assert_eq!(doc["reported"]["status"], "completed");
+    assert_eq!(doc["reported"]["result"], "done");
+    assert_eq!(doc["next"]["task"]["id"], b.as_str());
+    assert_eq!(doc["next"]["fencing_token"], 1);
+    assert_eq!(env.task_json(&a)["status"], "completed");
+    let tb = env.task_json(&b);
+    assert_eq!(tb["status"], "claimed");
+    assert_eq!(tb["claimed_by"], "w2");
+    let events = std::fs::read_to_string(env.dir().join("events.jsonl")).unwrap();
+    let new: Vec<Value> = events[events_before.len()..]
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = new.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["task_completed", "task_claimed"],
+        "report first, then claim"
+    );
+    assert_eq!(new[0]["ts"], new[1]["ts"], "one mutation reads `now` once");
+
+    // Nothing left: the report is done, exit 3 with claim's document.
+    let doc = env.json(
+        &[
+            "complete",
+            &b,
+            "--token",
+            "1",
+            "--claim-next",
+            "--agent",
+            "w2",
+            "--json",
+        ],
+        3,
+    );
+    assert_eq!(doc["reported"]["status"], "completed");
+    assert_eq!(doc["next"]["task"], Value::Null);
+    assert_eq!(doc["next"]["reason"], "empty");
+    assert_eq!(env.task_json(&b)["status"], "completed");
+}
+
+/// A report that fails claims nothing; `--claim-next` needs an agent; its
+/// claim flags need `--claim-next`.
+#[test]
+fn claim_next_after_a_failed_report_claims_nothing() {
+    let env = TestEnv::new();
+    let a = env.create("a", &[]);
+    let b = env.create("b", &[]);
+    let ca = env.claim("w", &[]);
+    let before = env.task_bytes(&b);
+    let doc = env.json(
+        &[
+            "complete",
+            &a,
+            "--token",
+            "7",
+            "--claim-next",
+            "--agent",
+            "w",
+            "--json",
+        ],
+        4,
+    );
+    assert_eq!(doc["error"]["kind"], "lease_lost");
+    assert_eq!(env.task_bytes(&b), before, "nothing claimed");
+    let out = env
+        .cmd()
+        .args(["complete", &a, "--token", &ca.token_arg(), "--claim-next"])
+        .env_remove("ORCHESTRATE_AGENT_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        env.task_json(&a)["status"],
+        "claimed",
+        "a usage error changes nothing"
+    );
+    env.expect(
+        &["complete", &a, "--token", &ca.token_arg(), "--tag", "x"],
+        2,
+    );
+    assert_eq!(env.task_json(&a)["status"], "claimed");
+    // fail --claim-next: the failed task backs off, the other one is claimed.
+    let doc = env.json(
+        &[
+            "fail",
+            &a,
+            "--token",
+            &ca.token_arg(),
+            "--error",
+            "boom",
+            "--claim-next",
+            "--agent",
+            "w",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(doc["reported"]["status"], "pending");
+    assert_eq!(doc["reported"]["error"], "boom");
+    assert_eq!(doc["next"]["task"]["id"], b.as_str());
+}
+
 /// A task with many dependencies (fan-in) keeps `index/unmet/<id>`, so
 /// completions of all but the last dependency skip reading its file
 /// (spec 9). The counter may only err low: deleted or lowered by hand, the

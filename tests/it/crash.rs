@@ -267,6 +267,52 @@ fn cases() -> Vec<Case> {
             finish: &["t"],
         },
         Case {
+            // Two renames in one mutation (spec 5.10): a crash between
+            // them leaves the report done and `u` not claimed, which the
+            // spec allows (the caller claims again); `u` is never half
+            // claimed.
+            name: "complete --claim-next",
+            setup: |env| {
+                setup_claimed(env);
+                strings(&[
+                    "complete",
+                    "t",
+                    "--token",
+                    "1",
+                    "--result",
+                    "r",
+                    "--claim-next",
+                    "--agent",
+                    "a2",
+                ])
+            },
+            reaches: |p| !batch_only(p),
+            committed: after_the_rename,
+            happened: |env| {
+                let t = task_opt(env, "t").ok_or("t missing")?;
+                let u = task_opt(env, "u").ok_or("u missing")?;
+                let u_claimed = u["status"] == "claimed" && u["claimed_by"] == "a2";
+                if claimed_as_before(&t) {
+                    if u["status"] != "pending" {
+                        return Err(format!("u changed without the report: {u}"));
+                    }
+                    Ok(false)
+                } else if t["status"] == "completed" && t["result"] == "r" {
+                    if !(u_claimed || u["status"] == "pending") {
+                        return Err(format!("unexpected u: {u}"));
+                    }
+                    Ok(true)
+                } else {
+                    Err(format!("unexpected t: {t}"))
+                }
+            },
+            after_next: |env, _| match status_of(env, "u")?.as_str() {
+                "pending" | "claimed" => Ok(()),
+                s => Err(format!("u is {s}")),
+            },
+            finish: &["t", "u"],
+        },
+        Case {
             name: "fail",
             setup: |env| {
                 setup_claimed(env);
@@ -609,6 +655,39 @@ fn crash_points_in_heartbeat() {
 #[test]
 fn crash_points_in_complete() {
     check_cases("complete");
+}
+
+/// The second task file of `complete --claim-next` (the claim, spec 5.10):
+/// a crash anywhere on its write leaves the report done and `u` either
+/// untouched or claimed, never torn (`<point>#2` is the second pass).
+#[test]
+fn crash_points_in_the_claim_of_complete_claim_next() {
+    let all = cases();
+    let base = all
+        .iter()
+        .find(|c| c.name == "complete --claim-next")
+        .expect("the case exists");
+    let case = Case {
+        name: base.name,
+        setup: base.setup,
+        reaches: |_| true,
+        committed: |_| true,
+        happened: base.happened,
+        after_next: base.after_next,
+        finish: base.finish,
+    };
+    let mut failures = Vec::new();
+    for point in [
+        "before_temp_write#2",
+        "after_temp_write#2",
+        "after_fsync#2",
+        "after_rename#2",
+    ] {
+        if let Err(e) = run_case(&case, point) {
+            failures.push(format!("[{point}] {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `orchestrate run --agent shell -w 4` against `make -j4` over the same
 //! 1,000-task DAG of no-op commands, side by side in one run (issue 3).
 //!
-//! Run: `cargo bench --bench run_vs_make` (optionally `-- --tasks N`).
+//! Run: `cargo bench --bench run_vs_make` (optionally `-- --tasks N`, and
+//! `--baseline PATH` to time another `orchestrate` binary in the same rounds).
 //! The DAG: 10 layers of N/10 tasks; every task of layer k > 0 depends on
 //! two tasks of layer k-1. Each task's command is `true`.
 
@@ -45,6 +46,41 @@ fn write_dag(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     (tf, mf)
 }
 
+/// `orchestrate run` of the tasks file `tf` with the shell adapter and 4
+/// workers, by `bin`, in a fresh `work/.coordination` of `durability`.
+fn run_cmd(bin: &Path, work: &Path, durability: &str, tf: &Path) -> Command {
+    std::fs::create_dir_all(work).unwrap();
+    let coord = work.join(".coordination");
+    let st = Command::new(bin)
+        .arg("--dir")
+        .arg(&coord)
+        .args(["init", "bench"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cfg = coord.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["durability"] = durability.into();
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let mut c = Command::new(bin);
+    c.current_dir(work)
+        .arg("--dir")
+        .arg(&coord)
+        .args([
+            "run",
+            "bench",
+            "--agent",
+            "shell",
+            "-w",
+            "4",
+            "--no-plan",
+            "-q",
+            "--tasks",
+        ])
+        .arg(tf);
+    c
+}
+
 fn time(mut c: Command) -> Duration {
     let t = Instant::now();
     let out = c.output().expect("spawn");
@@ -71,41 +107,24 @@ fn main() {
     let root = tempfile::tempdir_in(base).unwrap();
     let (tf, mf) = write_dag(root.path(), n);
     println!("DAG: {n} no-op tasks in 10 layers, 2 dependencies each; 4 workers / jobs");
+    // `--baseline PATH`: another `orchestrate` binary (an older build),
+    // timed in the same rounds, for a before/after ratio.
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     for durability in ["durable", "relaxed"] {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
+        let mut before = Vec::new();
         for round in 0..3 {
+            if let Some(b) = &baseline {
+                let work = root.path().join(format!("{durability}-{round}-baseline"));
+                before.push(time(run_cmd(b, &work, durability, &tf)));
+            }
             let work = root.path().join(format!("{durability}-{round}"));
-            std::fs::create_dir_all(&work).unwrap();
-            let coord = work.join(".coordination");
-            let st = Command::new(orchestrate_bin())
-                .arg("--dir")
-                .arg(&coord)
-                .args(["init", "bench"])
-                .status()
-                .unwrap();
-            assert!(st.success());
-            let cfg = coord.join("config.json");
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-            v["durability"] = durability.into();
-            std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-            let mut c = Command::new(orchestrate_bin());
-            c.current_dir(&work)
-                .arg("--dir")
-                .arg(&coord)
-                .args([
-                    "run",
-                    "bench",
-                    "--agent",
-                    "shell",
-                    "-w",
-                    "4",
-                    "--no-plan",
-                    "-q",
-                    "--tasks",
-                ])
-                .arg(&tf);
+            let c = run_cmd(&orchestrate_bin(), &work, durability, &tf);
             ours.push(time(c));
             let mut m = Command::new("make");
             m.current_dir(&work).arg("-s").arg("-j4").arg("-f").arg(&mf);
@@ -118,5 +137,13 @@ fn main() {
             "{durability:>8}: orchestrate run {o:.3} s, make -j4 {m:.3} s, ratio {:.2} (median of 3; target <= 1.5)",
             o / m
         );
+        if !before.is_empty() {
+            before.sort();
+            let b = before[1].as_secs_f64();
+            println!(
+                "{durability:>8}: baseline binary {b:.3} s: this build / baseline {:.2}",
+                o / b
+            );
+        }
     }
 }

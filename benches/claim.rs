@@ -634,8 +634,9 @@ impl Cycler for OursChained {
             Report::Complete { result: None },
             None,
             &self.req,
+            &|| true,
         )?;
-        if let ClaimOutcome::Claimed(n) = next? {
+        if let Some(ClaimOutcome::Claimed(n)) = next.transpose()? {
             self.held = Some(*n);
         }
         Ok((t1 - t0, t1.elapsed()))

@@ -633,6 +633,52 @@ fn bad_environment_defaults_are_usage_errors() {
     env.cmd().args(["run", "g", "-w", "0"]).assert().code(2);
 }
 
+/// A task's own `complete --claim-next` is refused inside the worker's
+/// attempt (spec 5.10, 11): it would claim a task under the worker's agent
+/// id that nobody runs. The worker reports the task itself instead, and
+/// nothing is left claimed.
+#[test]
+fn claim_next_from_inside_an_attempt_leaves_nothing_claimed() {
+    let env = Env::new();
+    env.cmd().args(["init", "g"]).assert().success();
+    let cmd = format!("{} complete --claim-next --result self -q; true", bin());
+    env.cmd()
+        .args([
+            "create-task",
+            "a",
+            "--id",
+            "a",
+            "-p",
+            "1",
+            "--command",
+            &cmd,
+        ])
+        .assert()
+        .success();
+    for i in 1..=2 {
+        let id = format!("b{i}");
+        env.cmd()
+            .args(["create-task", &id, "--id", &id, "--command", "true"])
+            .assert()
+            .success();
+    }
+    env.cmd()
+        .args([
+            "work",
+            "--agent",
+            "w1",
+            "--adapter",
+            "shell",
+            "--until-empty",
+            "--json",
+        ])
+        .assert()
+        .success();
+    for id in ["a", "b1", "b2"] {
+        assert_eq!(env.task(id)["status"], "completed", "{id}");
+    }
+}
+
 #[test]
 fn work_until_empty_drains_the_queue_with_the_shell_adapter() {
     let env = Env::new();

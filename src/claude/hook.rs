@@ -43,7 +43,7 @@ pub fn hooks_disabled() -> bool {
             "off" | "0" | "false"
         )
     });
-    off || std::env::var_os("ORCHESTRATE_FENCING_TOKEN").is_some_and(|v| !v.is_empty())
+    off || crate::run::agent::inside_attempt()
 }
 
 /// The Claude Code hook events we answer.

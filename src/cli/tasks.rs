@@ -234,6 +234,14 @@ impl ClaimNext {
         if !self.claim_next {
             return Ok(None);
         }
+        if orchestrate::run::agent::inside_attempt() {
+            // The task claimed would be held under the worker's agent id
+            // with nobody running it (`spec` 5.10).
+            return Err(Usage(
+                "--claim-next inside a worker's attempt (ORCHESTRATE_FENCING_TOKEN is set): the worker claims the next task itself; report without --claim-next".into(),
+            )
+            .into());
+        }
         if let Some(l) = self.lease {
             warn_short_lease(l);
         }
@@ -652,7 +660,8 @@ const MIN_SAFE_LEASE_MS: u64 = 3_000;
 /// Warns on stderr about a lease too short for a holder to keep up.
 fn warn_short_lease(l: std::time::Duration) {
     let ms = l.as_millis() as u64;
-    if ms < MIN_SAFE_LEASE_MS {
+    // A zero lease is refused as invalid before anything is done.
+    if ms > 0 && ms < MIN_SAFE_LEASE_MS {
         output::eline(format!(
             "orchestrate: warning: a lease of {} is shorter than 3 heartbeat intervals of 1 s; heartbeat at least every {} ms or the task is reclaimed (workers heartbeat every third of their lease)",
             humantime::format_duration(l),
@@ -754,13 +763,16 @@ fn report(
         let t = c.report(&held.id, held.token, r, None)?;
         return print_task(g, &t, || human(&t));
     };
-    let (t, outcome) = c.report_and_claim(&held.id, held.token, r, None, &req)?;
-    let outcome = outcome.with_context(|| {
-        format!(
-            "task `{}` is {} as asked, but claiming the next task failed",
-            t.id, t.status
-        )
-    })?;
+    let (t, outcome) = c.report_and_claim(&held.id, held.token, r, None, &req, &|| true)?;
+    let outcome = outcome
+        .ok_or_else(|| Error::Other("the claim was not attempted".into()))
+        .and_then(|o| o)
+        .with_context(|| {
+            format!(
+                "task `{}` is {} as asked, but claiming the next task failed",
+                t.id, t.status
+            )
+        })?;
     if g.json {
         let (doc, code) = claim_outcome_json(&outcome);
         output::json(&json!({ "reported": t, "next": doc }))?;

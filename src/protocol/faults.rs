@@ -58,7 +58,7 @@ fn nth_hit(v: &std::ffi::OsStr, name: &str) -> bool {
 pub fn armed(name: &str) -> bool {
     #[cfg(debug_assertions)]
     {
-        std::env::var_os("ORCHESTRATE_CRASH_AT").is_some_and(|v| v == name)
+        std::env::var_os("ORCHESTRATE_CRASH_AT").is_some_and(|v| v == name || nth_hit(&v, name))
     }
     #[cfg(not(debug_assertions))]
     {

@@ -764,6 +764,10 @@ impl Coordination {
     /// sees the report's effects (a dependent it made ready can be the
     /// task claimed). `log_file` is as in [`Coordination::complete_logged`].
     ///
+    /// `go_on` is asked under the lock, after the report: `false` (the
+    /// caller is stopping, e.g. it was interrupted while it waited for the
+    /// lock) claims nothing, and the outcome is `None`.
+    ///
     /// Returns the reported task and the claim's outcome. The claim's own
     /// failure (a bad `next`, a named task not ready) does not undo the
     /// report: it comes back as the inner `Err`, the report stands.
@@ -779,17 +783,20 @@ impl Coordination {
         report: Report,
         log_file: Option<String>,
         next: &ClaimRequest,
-    ) -> Result<(Task, Result<ClaimOutcome>)> {
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<(Task, Option<Result<ClaimOutcome>>)> {
         let id = TaskId::new(id)?;
         let named = validate_claim(next)?;
         let (t, out) = self.mutate(|tx| {
             let t = tx.report(&id, token, report, log_file)?;
-            Ok((t, tx.claim(next, named.as_ref())))
+            Ok((t, go_on().then(|| tx.claim(next, named.as_ref()))))
         })?;
         // As in [`Coordination::claim`]: an index found stale during the
         // claim is rebuilt by a fresh transaction before the answer counts.
         let out = match out {
-            Ok(ClaimOutcome::NothingReady(_)) if !self.index.is_current() => self.claim(next),
+            Some(Ok(ClaimOutcome::NothingReady(_))) if !self.index.is_current() => {
+                Some(self.claim(next))
+            }
             o => o,
         };
         Ok((t, out))

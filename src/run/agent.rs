@@ -27,6 +27,14 @@ use std::time::{Duration, Instant};
 /// processes that set it, so that `run` does not depend on `claude`.
 pub const HOOKS_ENV: &str = "ORCHESTRATE_HOOKS";
 
+/// True when this process runs inside a worker's attempt: its
+/// `ORCHESTRATE_FENCING_TOKEN` is set (not empty), which only the workers
+/// of `run` and `work` do (`spec` 13.2, 14.5). The worker owns the task
+/// and claims the next one itself.
+pub fn inside_attempt() -> bool {
+    std::env::var_os("ORCHESTRATE_FENCING_TOKEN").is_some_and(|v| !v.is_empty())
+}
+
 /// Bytes of output kept in a task's result: the last 64 KiB.
 pub const OUTPUT_TAIL_BYTES: u64 = 64 * 1024;
 

@@ -535,20 +535,30 @@ fn run_attempt_held(
     let go_on = stop_run.is_none() && !interrupted() && !s.done.load(Ordering::SeqCst);
     let mut next = None;
     let reported = if go_on {
-        c.report_and_claim(t.id.as_str(), t.fencing_token, report, log_file, req)
-            .map(|(after, claimed)| {
-                match claimed {
-                    Ok(ClaimOutcome::Claimed(n)) => {
-                        hold(c.layout().root(), &n.id, n.fencing_token);
-                        next = Some(*n);
-                    }
-                    Ok(ClaimOutcome::NothingReady(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming the next task failed; trying again")
-                    }
+        // Asked again under the lock: a signal that came while this
+        // worker waited for the lock stops it claiming (`spec` 13.1).
+        let still = || !interrupted() && !s.done.load(Ordering::SeqCst);
+        c.report_and_claim(
+            t.id.as_str(),
+            t.fencing_token,
+            report,
+            log_file,
+            req,
+            &still,
+        )
+        .map(|(after, claimed)| {
+            match claimed {
+                Some(Ok(ClaimOutcome::Claimed(n))) => {
+                    hold(c.layout().root(), &n.id, n.fencing_token);
+                    next = Some(*n);
                 }
-                after
-            })
+                Some(Ok(ClaimOutcome::NothingReady(_))) | None => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "claiming the next task failed; trying again")
+                }
+            }
+            after
+        })
     } else {
         c.report(t.id.as_str(), t.fencing_token, report, log_file)
     };

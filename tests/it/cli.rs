@@ -717,6 +717,26 @@ fn claim_next_after_a_failed_report_claims_nothing() {
         2,
     );
     assert_eq!(env.task_json(&a)["status"], "claimed");
+    // Inside a worker's attempt the worker claims the next task itself:
+    // refused, nothing reported.
+    let out = env
+        .cmd()
+        .args([
+            "complete",
+            &a,
+            "--token",
+            &ca.token_arg(),
+            "--claim-next",
+            "--agent",
+            "w",
+        ])
+        .env("ORCHESTRATE_FENCING_TOKEN", ca.token_arg())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside a worker's attempt"));
+    assert_eq!(env.task_json(&a)["status"], "claimed");
+    assert_eq!(env.task_bytes(&b), before);
     // fail --claim-next: the failed task backs off, the other one is claimed.
     let doc = env.json(
         &[

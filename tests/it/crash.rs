@@ -792,6 +792,40 @@ fn crash_mid_event_append_leaves_a_torn_line_that_readers_skip() {
     );
 }
 
+/// `mid_event_append#2` (spec 4.4): the second event of a report-and-claim
+/// (`task_claimed`) is torn, the first (`task_completed`) is whole, and
+/// both task files are written.
+#[test]
+fn the_second_event_of_complete_claim_next_can_be_torn() {
+    let env = TestEnv::new();
+    setup_claimed(&env);
+    let mut cmd = no_core_cmd(&env);
+    cmd.args([
+        "complete",
+        "t",
+        "--token",
+        "1",
+        "--claim-next",
+        "--agent",
+        "a2",
+    ])
+    .env("ORCHESTRATE_CRASH_AT", "mid_event_append#2");
+    let out = output_within(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}", how(&out));
+    let lines = event_lines(&env);
+    let (torn, whole) = lines.split_last().expect("events");
+    assert!(
+        serde_json::from_str::<Value>(torn).is_err(),
+        "last line torn: {torn}"
+    );
+    let last: Value = serde_json::from_str(whole.last().expect("a whole line")).unwrap();
+    assert_eq!(last["event"], "task_completed");
+    assert_eq!(last["task_id"], "t");
+    check_readers(&env).unwrap();
+    assert_eq!(status_of(&env, "t").unwrap(), "completed");
+    assert_eq!(status_of(&env, "u").unwrap(), "claimed");
+}
+
 fn mid_event_append_case(case: &Case) -> Result<(), String> {
     let env = TestEnv::new();
     let args = (case.setup)(&env);

@@ -67,8 +67,8 @@
 
 use orchestrate::protocol::store;
 use orchestrate::{
-    BatchIds, ClaimOutcome, ClaimRequest, Coordination, Error, NewTask, NotReadyReason, Status,
-    TaskId,
+    BatchIds, ClaimOutcome, ClaimRequest, Coordination, Error, NewTask, NotReadyReason, Report,
+    Status, TaskId,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -498,13 +498,20 @@ fn worker(coord: &Path, agent: &str, seed: u64) -> BoxResult<()> {
         agent: agent.to_string(),
         ..Default::default()
     };
+    // A task claimed in the mutation of the last report (spec 5.10).
+    let mut next: Option<(String, u64)> = None;
     loop {
+        if let Some((id, tok)) = next.take() {
+            log.line(&format!("claim {id} {tok}"))?;
+            next = hold(&c, &mut log, &mut rng, &opts, lease, &req, &id, tok)?;
+            continue;
+        }
         match c.claim(&req) {
             Ok(ClaimOutcome::Claimed(t)) => {
                 let id = t.id.to_string();
                 let tok = t.fencing_token;
                 log.line(&format!("claim {id} {tok}"))?;
-                hold(&c, &mut log, &mut rng, &opts, lease, &id, tok)?;
+                next = hold(&c, &mut log, &mut rng, &opts, lease, &req, &id, tok)?;
             }
             Ok(ClaimOutcome::NothingReady(nr)) => match nr.reason {
                 NotReadyReason::Empty if last_wave.exists() => {
@@ -528,16 +535,20 @@ fn worker(coord: &Path, agent: &str, seed: u64) -> BoxResult<()> {
     }
 }
 
-/// What a worker does with a task it holds.
+/// What a worker does with a task it holds. Half of its completions and
+/// failures claim the next task in the same mutation (spec 5.10); that
+/// task is returned.
+#[allow(clippy::too_many_arguments)]
 fn hold(
     c: &Coordination,
     log: &mut WorkerLog,
     rng: &mut StdRng,
     opts: &Opts,
     lease: u64,
+    req: &ClaimRequest,
     id: &str,
     tok: u64,
-) -> BoxResult<()> {
+) -> BoxResult<Option<(String, u64)>> {
     if rng.random_range(0..1000) < opts.stale_permille {
         // Deliberately outlive the lease, then act with the old token.
         if rng.random_range(0..100) < opts.heartbeat_pct {
@@ -545,11 +556,11 @@ fn hold(
                 Ok(_) => log.line(&format!("heartbeat {id} {tok}"))?,
                 Err(e) if fenced(&e) => {
                     log.line(&format!("lost heartbeat {id} {tok} {}", e.kind()))?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => {
                     log.line(&error_line("heartbeat", id, &tok.to_string(), &e))?;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -570,7 +581,7 @@ fn hold(
             }
             Err(e) => log.line(&error_line(op.name(), id, &tok.to_string(), &e))?,
         }
-        return Ok(());
+        return Ok(None);
     }
     sleep_ms(rng.random_range(0..=opts.work_max_ms));
     if rng.random_range(0..100) < opts.heartbeat_pct {
@@ -579,11 +590,11 @@ fn hold(
                 Ok(_) => log.line(&format!("heartbeat {id} {tok}"))?,
                 Err(e) if fenced(&e) => {
                     log.line(&format!("lost heartbeat {id} {tok} {}", e.kind()))?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => {
                     log.line(&error_line("heartbeat", id, &tok.to_string(), &e))?;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             sleep_ms(rng.random_range(0..=opts.work_max_ms));
@@ -597,12 +608,42 @@ fn hold(
     } else {
         Op::Complete
     };
+    if matches!(op, Op::Complete | Op::Fail) && rng.random_bool(0.5) {
+        let report = if op == Op::Complete {
+            Report::Complete {
+                result: Some(serde_json::Value::from("ok")),
+            }
+        } else {
+            Report::Fail {
+                error: "chaos: deliberate failure".into(),
+                result: None,
+                permanent: false,
+            }
+        };
+        match c.report_and_claim(id, tok, report, None, req, &|| true) {
+            Ok((t, claimed)) => {
+                log.line(&success_line(op, id, tok, t.status))?;
+                match claimed {
+                    Some(Ok(ClaimOutcome::Claimed(n))) => {
+                        return Ok(Some((n.id.to_string(), n.fencing_token)))
+                    }
+                    Some(Err(e)) => log.line(&error_line("claim", "-", "-", &e))?,
+                    _ => {}
+                }
+            }
+            Err(e) if fenced(&e) => {
+                log.line(&format!("lost {} {id} {tok} {}", op.name(), e.kind()))?
+            }
+            Err(e) => log.line(&error_line(op.name(), id, &tok.to_string(), &e))?,
+        }
+        return Ok(None);
+    }
     match do_op(c, op, id, tok) {
         Ok(st) => log.line(&success_line(op, id, tok, st))?,
         Err(e) if fenced(&e) => log.line(&format!("lost {} {id} {tok} {}", op.name(), e.kind()))?,
         Err(e) => log.line(&error_line(op.name(), id, &tok.to_string(), &e))?,
     }
-    Ok(())
+    Ok(None)
 }
 
 // ---------------------------------------------------------------------------

@@ -77,14 +77,14 @@ impl Txn<'_> {
                             }
                             None if c.is_archived(&id) => {
                                 return Err(Error::Invalid(format!(
-                                    "task `{}` depends on `{d}`, which is archived (spec 18): a new task cannot depend on an archived one",
-                                    s.id.as_deref().unwrap_or(&s.description.chars().take(40).collect::<String>())
+                                    "{} depends on `{d}`, which is archived (spec 18): a new task cannot depend on an archived one",
+                                    named(s)
                                 )))
                             }
                             None => {
                                 return Err(Error::Invalid(format!(
-                                    "task `{}` depends on `{d}`, which does not exist; create it first (see `orchestrate list`)",
-                                    s.id.as_deref().unwrap_or(&s.description.chars().take(40).collect::<String>())
+                                    "{} depends on `{d}`, which does not exist; create it first (see `orchestrate list`)",
+                                    named(s)
                                 )))
                             }
                         }
@@ -241,5 +241,17 @@ impl Txn<'_> {
             }
         }
         Ok(tasks)
+    }
+}
+
+/// How an error names a new task: by its id, or, without one, by the start
+/// of its description (which is not an id, so it is not shown as one).
+fn named(s: &NewTask) -> String {
+    match s.id.as_deref() {
+        Some(id) => format!("task `{id}`"),
+        None => format!(
+            "the new task \"{}\"",
+            s.description.chars().take(40).collect::<String>()
+        ),
     }
 }

@@ -476,8 +476,8 @@ fn execute_shell(a: &Attempt<'_>) -> Result<Execution> {
     let Some(command) = a.task.command.as_deref() else {
         let mut e = Execution::failed(
             format!(
-                "task `{}` has no `command`: the shell adapter runs a task's command; create it again with `create-task --command CMD` (or set `command` in its task file, then `orchestrate retry {}`), or run it with --adapter claude",
-                a.task.id, a.task.id
+                "task `{}` has no `command`: the shell adapter runs a task's command; give it one with `orchestrate edit {} --command CMD` and then `orchestrate retry {}`, or run it with --adapter claude",
+                a.task.id, a.task.id, a.task.id
             ),
             json!({ "exit_code": null }),
             log_rel,

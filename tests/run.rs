@@ -633,6 +633,27 @@ fn bad_environment_defaults_are_usage_errors() {
     env.cmd().args(["run", "g", "-w", "0"]).assert().code(2);
 }
 
+/// Runs `work --agent w1 --adapter shell --until-empty --json` to success;
+/// its summary document.
+fn work_until_empty(env: &Env) -> Value {
+    let out = env
+        .cmd()
+        .args([
+            "work",
+            "--agent",
+            "w1",
+            "--adapter",
+            "shell",
+            "--until-empty",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A task's own `complete --claim-next` is refused inside the worker's
 /// attempt (spec 5.10, 11): it would claim a task under the worker's agent
 /// id that nobody runs. The worker reports the task itself instead, and
@@ -662,18 +683,7 @@ fn claim_next_from_inside_an_attempt_leaves_nothing_claimed() {
             .assert()
             .success();
     }
-    env.cmd()
-        .args([
-            "work",
-            "--agent",
-            "w1",
-            "--adapter",
-            "shell",
-            "--until-empty",
-            "--json",
-        ])
-        .assert()
-        .success();
+    work_until_empty(&env);
     for id in ["a", "b1", "b2"] {
         assert_eq!(env.task(id)["status"], "completed", "{id}");
     }
@@ -696,22 +706,7 @@ fn work_until_empty_drains_the_queue_with_the_shell_adapter() {
             .assert()
             .success();
     }
-    let out = env
-        .cmd()
-        .args([
-            "work",
-            "--agent",
-            "w1",
-            "--adapter",
-            "shell",
-            "--until-empty",
-            "--json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = work_until_empty(&env);
     assert_eq!(v["completed"], 3);
     for i in 0..3 {
         assert_eq!(env.task(&format!("t{i}"))["status"], "completed");

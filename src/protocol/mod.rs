@@ -760,7 +760,7 @@ impl Coordination {
     /// Reports a held task's attempt (`complete` or `fail`, as `report`
     /// says) and claims the next task for `next` in the same transaction:
     /// one lock hold, one directory fsync and one `events.jsonl` append
-    /// for a worker's whole cycle instead of two (`spec` 6.6). The claim
+    /// for a worker's whole cycle instead of two (`spec` 5.10). The claim
     /// sees the report's effects (a dependent it made ready can be the
     /// task claimed). `log_file` is as in [`Coordination::complete_logged`].
     ///

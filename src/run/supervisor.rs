@@ -532,12 +532,11 @@ fn run_attempt_held(
     };
     // Going on: the report claims the next task in the same transaction
     // (one commit per cycle, `spec` 5.10).
-    let go_on = stop_run.is_none() && !interrupted() && !s.done.load(Ordering::SeqCst);
+    // Asked now and again under the lock: a signal that came while this
+    // worker waited for the lock stops it claiming (`spec` 13.1).
+    let still = || !interrupted() && !s.done.load(Ordering::SeqCst);
     let mut next = None;
-    let reported = if go_on {
-        // Asked again under the lock: a signal that came while this
-        // worker waited for the lock stops it claiming (`spec` 13.1).
-        let still = || !interrupted() && !s.done.load(Ordering::SeqCst);
+    let reported = if stop_run.is_none() && still() {
         c.report_and_claim(
             t.id.as_str(),
             t.fencing_token,

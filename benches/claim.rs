@@ -16,7 +16,9 @@
 //!    `--tasks` (10,000) tasks queued, through the library, against SQLite
 //!    (WAL, `synchronous=FULL`, one `BEGIN IMMEDIATE` transaction per claim
 //!    and per complete), plus the library in `relaxed` durability (not
-//!    power-loss safe). The three run interleaved in `--rounds` rounds; the
+//!    power-loss safe), complete+claim-next, and durable without the commit
+//!    log (`ORCHESTRATE_COMMIT_LOG=0`, spec 4.8: the write path before it).
+//!    They run interleaved in `--rounds` rounds; the
 //!    median round is reported, with the CPU time per cycle.
 //! 2. `cli`: latency of `orchestrate claim --json` (a fresh process per
 //!    claim) with 100 and with `--cli-large` (100,000) tasks queued; an
@@ -891,6 +893,12 @@ fn scenario_single(root: &Path, o: &Opts) -> BoxResult<f64> {
     let (durable, t_d) = make_queue(&root.join("single-durable"), o.tasks, "durable")?;
     let (relaxed, t_r) = make_queue(&root.join("single-relaxed"), o.tasks, "relaxed")?;
     let (chained, _) = make_queue(&root.join("single-chained"), o.tasks, "durable")?;
+    // The write path before the commit log (spec 4.8): every rewrite
+    // fsyncs its file and tasks/. The variable is read when a handle opens.
+    std::env::set_var("ORCHESTRATE_COMMIT_LOG", "0");
+    let no_log = make_queue(&root.join("single-no-log"), o.tasks, "durable");
+    std::env::remove_var("ORCHESTRATE_COMMIT_LOG");
+    let (no_log, _) = no_log?;
     std::fs::create_dir_all(root.join("sqlite"))?;
     let t = Instant::now();
     let sqlite = Sqlite::create(&root.join("sqlite").join("bench.db"), o.tasks)?;
@@ -944,6 +952,11 @@ fn scenario_single(root: &Path, o: &Opts) -> BoxResult<f64> {
             }),
             Rounds::default(),
         ),
+        (
+            "orchestrate, durable, no commit log",
+            Box::new(Ours::new(no_log, "bench-no-log")),
+            Rounds::default(),
+        ),
     ];
     for (_, c, _) in variants.iter_mut() {
         run_cycles(c.as_mut(), WARMUP)?;
@@ -991,6 +1004,8 @@ fn scenario_single(root: &Path, o: &Opts) -> BoxResult<f64> {
         ("ours relaxed/durable", 2, 0),
         ("ours chained/sqlite (separate txns)", 3, 1),
         ("ours chained/sqlite chained", 3, 4),
+        ("ours durable/no commit log", 0, 5),
+        ("ours no commit log/sqlite", 5, 1),
     ] {
         println!("ratio {what:<37} {:.2}", med[a] / med[b]);
     }

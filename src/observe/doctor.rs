@@ -37,7 +37,7 @@ pub struct Finding {
     /// `orphan_temp`, `unfinished_batch`, `invalid_fields`,
     /// `dangling_dependency`, `dependency_cycle`, `should_be_blocked`,
     /// `index_missing`, `index_stale`, `orphan_index_build`, `torn_event`,
-    /// `lock_identity`, `duplicate_seq`; with `--shared`,
+    /// `lock_identity`, `duplicate_seq`, `commit_log_pending`; with `--shared`,
     /// `mount_not_coherent` and `mount_unknown`.
     pub kind: String,
     /// Error or warning.
@@ -299,6 +299,22 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             "finish it (any mutation does; doctor --fix runs one)",
             true,
         );
+    }
+
+    // 0c. A commit log a crashed writer left (`spec` 4.8): its newest
+    // commits may not be in the task files yet.
+    let log_path = c.layout().commit_log();
+    if let Ok(Some(log)) = crate::protocol::commit_log::Log::open_read(&log_path) {
+        if !log.is_clean(crate::protocol::index::boot_id())? {
+            col.add(
+                "commit_log_pending",
+                Severity::Warning,
+                &rel(&root, &log_path),
+                "a writer was interrupted (or the machine restarted): commits in commit.log may not be in the task files yet, so readers may see older task files".into(),
+                "recover it (any mutation does; doctor --fix runs one)",
+                true,
+            );
+        }
     }
 
     // 1. Files in tasks/, the root and agents/.
@@ -704,6 +720,7 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
                     | "index_missing"
                     | "unfinished_batch"
                     | "archive_intent"
+                    | "commit_log_pending"
                     | "corrupt_file"
                     | "symlink"
                     | "stray_file"
@@ -714,7 +731,11 @@ fn fix_all(c: &Coordination, root: &Path, col: &mut Collector) -> Result<()> {
         for f in col.findings.iter_mut() {
             if matches!(
                 f.kind.as_str(),
-                "index_stale" | "index_missing" | "unfinished_batch" | "archive_intent"
+                "index_stale"
+                    | "index_missing"
+                    | "unfinished_batch"
+                    | "archive_intent"
+                    | "commit_log_pending"
             ) {
                 f.fixed = true;
             }

@@ -181,7 +181,7 @@ impl Txn<'_> {
         statuses: &[Status],
         dry_run: bool,
     ) -> Result<ArchiveReport> {
-        let listing = self.c.list()?;
+        let listing = self.list()?;
         if let Some(e) = listing.errors.into_iter().next() {
             // An unreadable task might depend on anything: moving nothing
             // is the only safe answer.
@@ -241,6 +241,9 @@ impl Txn<'_> {
         if dry_run || moving.is_empty() {
             return Ok(report);
         }
+        // A replay of the commit log would bring a moved file back: make
+        // the task files durable and empty the log first (spec 4.8).
+        self.checkpoint()?;
         let layout = &self.c.layout;
         store::ensure_dir(&layout.archive_dir())?;
         // 1. The intent, durable before anything moves; the index marked

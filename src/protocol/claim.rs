@@ -12,10 +12,7 @@ impl Txn<'_> {
             .filter(|d| {
                 let st = match overlay.get(*d) {
                     Some(s) => Some(*s),
-                    None => store::read_task(&self.c.layout.task(d), d)
-                        .ok()
-                        .flatten()
-                        .map(|dt| dt.status),
+                    None => self.read(d).ok().flatten().map(|dt| dt.status),
                 };
                 st != Some(Status::Completed)
             })
@@ -33,7 +30,7 @@ impl Txn<'_> {
         for d in &t.dependencies {
             let st = match overlay.get(d) {
                 Some(s) => Some(*s),
-                None => match store::read_task(&self.c.layout.task(d), d) {
+                None => match self.read(d) {
                     Ok(Some(dt)) => Some(dt.status),
                     Ok(None) => None,
                     Err(e) => {
@@ -80,7 +77,7 @@ impl Txn<'_> {
         let lease_ms = req.lease_ms.unwrap_or(self.c.config.lease_ms);
         if req.only_if_idle {
             for (_, id, _) in self.c.index.leases()? {
-                if let Ok(Some(t)) = store::read_task(&self.c.layout.task(&id), &id) {
+                if let Ok(Some(t)) = self.read(&id) {
                     if t.status == Status::Claimed
                         && t.claimed_by.as_deref() == Some(req.agent.as_str())
                     {
@@ -151,7 +148,7 @@ impl Txn<'_> {
                 continue;
             }
             for entry in entries {
-                let t = match store::read_task(&self.c.layout.task(&entry.id), &entry.id) {
+                let t = match self.read(&entry.id) {
                     Ok(Some(t)) => t,
                     Ok(None) => {
                         self.c.index.remove_ready_entry(&entry)?;
@@ -248,15 +245,13 @@ impl Txn<'_> {
     /// compacts the file, `spec` 9 rule 3), or `None`.
     pub(super) fn first_waiting(&self) -> Result<Option<Task>> {
         let found = std::cell::RefCell::new(None);
-        self.c
-            .index
-            .any_waiting(&|id| match store::read_task(&self.c.layout.task(id), id) {
-                Ok(Some(t)) if t.status == Status::Pending => {
-                    *found.borrow_mut() = Some(t);
-                    true
-                }
-                _ => false,
-            })?;
+        self.c.index.any_waiting(&|id| match self.read(id) {
+            Ok(Some(t)) if t.status == Status::Pending => {
+                *found.borrow_mut() = Some(t);
+                true
+            }
+            _ => false,
+        })?;
         Ok(found.into_inner())
     }
 

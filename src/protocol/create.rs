@@ -71,7 +71,7 @@ impl Txn<'_> {
                 } else {
                     let id = TaskId::new(d.as_str())?;
                     if !existing.contains_key(&id) {
-                        match store::read_task(&c.layout.task(&id), &id)? {
+                        match self.read(&id)? {
                             Some(t) => {
                                 existing.insert(id.clone(), t.status);
                             }

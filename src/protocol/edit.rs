@@ -109,7 +109,7 @@ impl Txn<'_> {
                 if &d == id {
                     return Err(Error::Cycle(vec![id.to_string(), id.to_string()]));
                 }
-                if store::read_task(&self.c.layout.task(&d), &d)?.is_none() {
+                if self.read(&d)?.is_none() {
                     return Err(Error::Invalid(format!(
                         "task `{id}` cannot depend on `{d}`, which does not exist (see `orchestrate list`); nothing was changed"
                     )));
@@ -209,7 +209,7 @@ impl Txn<'_> {
             }
         }
         while let Some(cur) = stack.pop() {
-            let Ok(Some(ct)) = store::read_task(&self.c.layout.task(&cur), &cur) else {
+            let Ok(Some(ct)) = self.read(&cur) else {
                 continue;
             };
             for next in ct.dependencies {

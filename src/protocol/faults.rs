@@ -11,6 +11,9 @@
 /// `before_temp_write`, `after_temp_write`, `after_fsync`, `after_rename`,
 /// `between_batch_files`, `after_batch_intent`, `before_dir_fsync`,
 /// `before_event_append`, `mid_event_append` (half a line written);
+/// commit log (`spec` 4.8): `before_log_append`, `mid_log_record` (half a
+/// record written), `after_log_append`, `before_applied`, `mid_replay`,
+/// `before_checkpoint`;
 /// `<name>#<n>` aborts at the `n`th pass of `name` instead of the first.
 #[inline]
 pub fn point(name: &str) {

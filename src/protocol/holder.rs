@@ -69,7 +69,7 @@ impl Txn<'_> {
                     continue;
                 }
             }
-            let dt = match store::read_task(&self.c.layout.task(&d), &d) {
+            let dt = match self.read(&d) {
                 Ok(Some(dt)) => dt,
                 _ => continue,
             };

@@ -241,9 +241,14 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// The boot id of the running kernel, or "" where there is none.
-fn boot_id() -> &'static str {
+pub(crate) fn boot_id() -> &'static str {
     static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BOOT_ID.get_or_init(|| {
+        // Debug builds only: tests simulate a reboot with another id.
+        #[cfg(debug_assertions)]
+        if let Some(id) = std::env::var_os("ORCHESTRATE_BOOT_ID") {
+            return id.to_string_lossy().into_owned();
+        }
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_string())
             .unwrap_or_default()

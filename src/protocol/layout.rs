@@ -36,6 +36,10 @@ impl Layout {
     pub fn clock(&self) -> PathBuf {
         self.root.join("clock")
     }
+    /// `commit.log`, the commit log of durable mode (`spec` section 4.8).
+    pub fn commit_log(&self) -> PathBuf {
+        self.root.join("commit.log")
+    }
     /// `events.jsonl`, the append-only history.
     pub fn events(&self) -> PathBuf {
         self.root.join("events.jsonl")

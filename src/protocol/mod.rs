@@ -21,6 +21,7 @@
 
 pub mod archive;
 pub mod clock;
+pub mod commit_log;
 pub mod config;
 pub mod dag;
 pub mod discovery;
@@ -79,6 +80,9 @@ pub struct Coordination {
     lock_timeout: Duration,
     correlation_id: Option<String>,
     index: Index,
+    /// Whether task writes commit through the commit log (`spec` 4.8):
+    /// durable mode on a local file system, unless `ORCHESTRATE_COMMIT_LOG=0`.
+    commit_log: bool,
     /// The directory's handle: every path below it is resolved from it
     /// (`spec` 4.7; [`crate::protocol::fsroot`]).
     _root: Arc<crate::protocol::fsroot::Root>,
@@ -336,6 +340,8 @@ impl Coordination {
                 let clock_path = layout.clock();
                 let clock_file = open_clock(&clock_path, "create the clock file")?;
                 let now = clock::server_now(&clock_file, &clock_path)?;
+                // The commit log (`spec` 4.8), for the same reason.
+                commit_log::Log::open(&layout.commit_log(), true)?;
                 let cfg = Config::new(goal.unwrap_or_default(), now);
                 store::write_atomic(&layout.config(), &store::to_pretty(&cfg)?, true, true)?;
                 if let Err(e) = events::append(&layout.events(), &[Event::new("initialized", now)])
@@ -375,9 +381,13 @@ impl Coordination {
             .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
         refuse_symlinked_dirs(&layout)?;
         let index = Index::new(layout.index_dir());
+        let commit_log = config.durability == Durability::Durable
+            && crate::protocol::watch::shared_fs_kind(layout.root()).is_none()
+            && std::env::var_os("ORCHESTRATE_COMMIT_LOG").is_none_or(|v| v != "0");
         Ok(Coordination {
             layout,
             config,
+            commit_log,
             clock: Arc::new(SystemClock),
             server_clock: Some(Arc::new(std::sync::OnceLock::new())),
             lock_timeout: Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
@@ -459,6 +469,10 @@ impl Coordination {
             reaped: Vec::new(),
             unreadable: Vec::new(),
             healed: false,
+            staged: Vec::new(),
+            staged_at: HashMap::new(),
+            log: None,
+            began: false,
             _guard: guard,
         };
         let r = tx.prepare().and_then(|()| f(&mut tx));
@@ -1402,7 +1416,7 @@ impl Coordination {
     /// Lock, data and I/O errors.
     pub fn repair_blocked(&self) -> Result<Vec<Task>> {
         self.mutate(|tx| {
-            let listing = tx.c.list()?;
+            let listing = tx.list()?;
             let status: HashMap<&TaskId, Status> =
                 listing.tasks.iter().map(|t| (&t.id, t.status)).collect();
             let mut out = Vec::new();
@@ -1506,17 +1520,41 @@ struct Txn<'a> {
     unreadable: Vec<Error>,
     /// A missed ready line was restored in this transaction (at most once).
     healed: bool,
+    /// Task files written but not yet committed (commit-log mode, `spec`
+    /// 4.8), in order, and each id's place in that list.
+    staged: Vec<commit_log::Staged>,
+    staged_at: HashMap<TaskId, usize>,
+    /// The commit log, once this holder opened it.
+    log: Option<commit_log::Log>,
+    /// `begin` is in the log for this mutation.
+    began: bool,
     _guard: LockGuard,
 }
 
 impl Txn<'_> {
     pub(super) fn load(&self, id: &TaskId) -> Result<Task> {
-        store::read_task(&self.c.layout.task(id), id)?
+        self.read(id)?
             .ok_or_else(|| Error::TaskNotFound(id.to_string()))
     }
 
+    /// Writes an existing task's file: staged for the commit log (`spec`
+    /// 4.8) in commit-log mode, else at once (fsynced when durable).
     pub(super) fn save(&mut self, t: &Task) -> Result<()> {
+        if self.c.commit_log {
+            let bytes = task_bytes(t)?;
+            return self.stage(t, bytes);
+        }
         self.save_with(t, self.c.durable())
+    }
+
+    /// Every task file, as [`Coordination::list`] reads them, after the
+    /// staged writes were committed (so the listing sees them).
+    ///
+    /// # Errors
+    /// As [`Txn::flush`] and [`Coordination::list`].
+    pub(super) fn list(&mut self) -> Result<Listing> {
+        self.flush()?;
+        self.c.list()
     }
 
     /// Writes a task file, fsyncing it when `fsync` (a batch fsyncs the file
@@ -1569,6 +1607,7 @@ impl Txn<'_> {
 
     /// Finishes crash leftovers and expired leases before the operation.
     pub(super) fn prepare(&mut self) -> Result<()> {
+        self.recover_commit_log()?;
         // We hold the lock, so a temp file left in `.tmp/` (ours) or at
         // `tasks/.tmp-write` (older or other writers) is a crash leftover:
         // clean it (spec 4.2).
@@ -1592,6 +1631,7 @@ impl Txn<'_> {
 
     /// Makes the mutation durable (one directory fsync) and appends events.
     pub(super) fn finish(&mut self) -> Result<()> {
+        let committed = self.flush();
         let r = if self.tasks_dir_dirty && self.c.durable() {
             crate::protocol::faults::point("before_dir_fsync");
             store::sync_dir(&self.c.layout.tasks_dir())
@@ -1616,7 +1656,7 @@ impl Txn<'_> {
                 );
             }
         }
-        r
+        committed.and(r)
     }
 }
 

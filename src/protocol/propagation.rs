@@ -42,7 +42,7 @@ impl Txn<'_> {
         let mut overlay: HashMap<TaskId, Status> = HashMap::new();
         if matches!(t.status, Status::Blocked | Status::Dead | Status::Cancelled) {
             for d in &t.dependencies {
-                let st = match store::read_task(&self.c.layout.task(d), d)? {
+                let st = match self.read(d)? {
                     Some(dt) => dt.status,
                     None => {
                         return Err(Error::WrongState {
@@ -75,7 +75,7 @@ impl Txn<'_> {
                 if seen.contains(&d) {
                     continue;
                 }
-                let mut dt = match store::read_task(&self.c.layout.task(&d), &d) {
+                let mut dt = match self.read(&d) {
                     Ok(Some(dt)) => dt,
                     _ => continue,
                 };
@@ -86,7 +86,7 @@ impl Txn<'_> {
                 for dep in &dt.dependencies {
                     let st = match overlay.get(dep) {
                         Some(s) => *s,
-                        None => match store::read_task(&self.c.layout.task(dep), dep) {
+                        None => match self.read(dep) {
                             Ok(Some(x)) => x.status,
                             _ => Status::Dead,
                         },

@@ -10,7 +10,7 @@ impl Txn<'_> {
             if ms > now_ms {
                 continue;
             }
-            let t = match store::read_task(&self.c.layout.task(&id), &id) {
+            let t = match self.read(&id) {
                 Ok(Some(t)) => t,
                 Ok(None) => {
                     self.c.index.remove_lease_entry(&name)?;

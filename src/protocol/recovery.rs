@@ -50,7 +50,7 @@ impl Txn<'_> {
     }
 
     pub(super) fn rebuild_index(&mut self) -> Result<()> {
-        let listing = self.c.list()?;
+        let listing = self.list()?;
         for e in &listing.errors {
             tracing::warn!(error = %e, "skipping unreadable task file while rebuilding the index");
         }

@@ -34,7 +34,72 @@ const POINTS: &[&str] = &[
     "between_batch_files",
     "before_dir_fsync",
     "before_event_append",
+    "before_log_append",
+    "mid_log_record",
+    "after_log_append",
+    "before_applied",
 ];
+
+/// The points of the commit log's flush (`spec` 4.8), passed only by a
+/// durable mutation that rewrites existing task files with the log on.
+fn log_point(point: &str) -> bool {
+    matches!(
+        point,
+        "before_log_append" | "mid_log_record" | "after_log_append" | "before_applied"
+    )
+}
+
+/// Whether the case's command rewrites existing task files, so that it
+/// commits through the commit log when the log is on (creates write new
+/// files directly, `spec` 4.8).
+fn through_the_log(case: &Case) -> bool {
+    !matches!(case.name, "create-task" | "batch create (run --tasks)")
+}
+
+/// What the spec promises at one point, for one case and mode.
+struct Expect {
+    /// The command passes the point, so it aborts there.
+    reached: bool,
+    /// The operation stands after the crash (once the next lock holder
+    /// has recovered).
+    committed: bool,
+    /// Committed, but its task files are still the old ones until the next
+    /// lock holder replays the log (`spec` 4.8).
+    applied_later: bool,
+}
+
+fn expect(case: &Case, point: &str, log: bool) -> Expect {
+    let base = point.split('#').next().unwrap_or(point);
+    // A later pass (`<point>#2`) comes after the first file was written.
+    let first_pass = base == point;
+    let (reached, committed, applied_later) = if log && through_the_log(case) {
+        match base {
+            "before_temp_write" | "after_temp_write" | "after_fsync" if !first_pass => {
+                (true, true, false)
+            }
+            "before_log_append" | "mid_log_record" => (true, false, false),
+            // The task files are written after the commit, without their
+            // own fsync (the log is the durable copy).
+            "after_log_append" | "before_temp_write" | "after_temp_write" | "after_fsync" => {
+                (true, true, true)
+            }
+            "after_rename" | "before_applied" | "before_event_append" => (true, true, false),
+            _ => (false, true, false),
+        }
+    } else if log_point(base) {
+        // A batch create's run claims and completes its tasks through the
+        // log, after the batch was created.
+        let batch = case.name.starts_with("batch");
+        (log && batch, true, false)
+    } else {
+        ((case.reaches)(point), (case.committed)(point), false)
+    };
+    Expect {
+        reached,
+        committed,
+        applied_later,
+    }
+}
 
 /// The points that only a batch create passes.
 fn batch_only(point: &str) -> bool {
@@ -482,16 +547,21 @@ fn drive_to_completion(env: &TestEnv, id: &str) -> Result<(), String> {
     ))
 }
 
-/// Runs one case at one point; returns what went wrong.
-fn run_case(case: &Case, point: &str) -> Result<(), String> {
+/// Runs one case at one point, with the commit log on (`log`, the default)
+/// or off (`ORCHESTRATE_COMMIT_LOG=0`, the rename is the commit point);
+/// returns what went wrong.
+fn run_case(case: &Case, point: &str, log: bool) -> Result<(), String> {
     let env = TestEnv::new();
     let args = (case.setup)(&env);
     durability(&env, "durable");
     let before = env.snapshot();
     let mut cmd = no_core_cmd(&env);
-    cmd.args(&args).env("ORCHESTRATE_CRASH_AT", point);
+    cmd.args(&args)
+        .env("ORCHESTRATE_CRASH_AT", point)
+        .env("ORCHESTRATE_COMMIT_LOG", if log { "1" } else { "0" });
     let out = output_within(cmd, Duration::from_secs(30));
-    let reached = (case.reaches)(point);
+    let exp = expect(case, point, log);
+    let reached = exp.reached;
     let aborted = out.status.signal() == Some(libc::SIGABRT);
     if reached && !aborted {
         return Err(format!(
@@ -511,10 +581,12 @@ fn run_case(case: &Case, point: &str) -> Result<(), String> {
     // 1. A lock-free reader, before any mutation.
     check_readers(&env).map_err(|e| format!("reader right after the crash: {e}"))?;
 
-    // 2. All or nothing, as the point says.
-    let want = !reached || (case.committed)(point);
+    // 2. All or nothing, as the point says; a commit the log holds but
+    // the task files do not show yet is applied by the next mutation.
+    let want = !reached || exp.committed;
+    let want_now = want && !(reached && exp.applied_later);
     let happened = (case.happened)(&env).map_err(|e| format!("after the crash: {e}"))?;
-    if happened != want {
+    if happened != want_now {
         return Err(format!(
             "the operation {} but the spec says it {} at this point\n{}",
             if happened {
@@ -522,7 +594,7 @@ fn run_case(case: &Case, point: &str) -> Result<(), String> {
             } else {
                 "did not happen"
             },
-            if want { "did" } else { "did not" },
+            if want_now { "did" } else { "did not" },
             env.listing()
         ));
     }
@@ -546,7 +618,11 @@ fn run_case(case: &Case, point: &str) -> Result<(), String> {
         }
     }
     let intent_left = env.tasks_dir().join(".batch-intent.json").exists();
-    durability(&env, "relaxed");
+    // With the log, the next mutation is a commit-log holder (its recovery
+    // by a holder without the log has its own test).
+    if !log {
+        durability(&env, "relaxed");
+    }
 
     // 3. The next mutation: the lock is free at once, leftovers are cleaned.
     let out = env.run(&[
@@ -580,6 +656,16 @@ fn run_case(case: &Case, point: &str) -> Result<(), String> {
             v["errors"]
         ));
     }
+    if want != want_now {
+        let happened =
+            (case.happened)(&env).map_err(|e| format!("after the next mutation: {e}"))?;
+        if !happened {
+            return Err(format!(
+                "the commit in the log was not applied by the next mutation\n{}",
+                env.listing()
+            ));
+        }
+    }
     (case.after_next)(&env, want)?;
 
     // 4. The log: no torn line; a roll-back is recorded.
@@ -611,15 +697,20 @@ fn check_cases(prefix: &str) {
     let mut failures = Vec::new();
     let mut n = 0;
     for case in cases().iter().filter(|c| c.name.starts_with(prefix)) {
-        for point in POINTS {
-            // That a point off the path lets the command finish is checked
-            // on two commands only, to keep the run time down.
-            if !(case.reaches)(point) && !matches!(case.name, "create-task" | "claim") {
-                continue;
-            }
-            n += 1;
-            if let Err(e) = run_case(case, point) {
-                failures.push(format!("[{} @ {point}] {e}", case.name));
+        for log in [true, false] {
+            for point in POINTS {
+                // That a point off the path lets the command finish is
+                // checked on two commands only, to keep the run time down.
+                if !expect(case, point, log).reached
+                    && !matches!(case.name, "create-task" | "claim")
+                {
+                    continue;
+                }
+                n += 1;
+                if let Err(e) = run_case(case, point, log) {
+                    let mode = if log { "commit log" } else { "no commit log" };
+                    failures.push(format!("[{} @ {point}, {mode}] {e}", case.name));
+                }
             }
         }
     }
@@ -683,8 +774,11 @@ fn crash_points_in_the_claim_of_complete_claim_next() {
         "after_fsync#2",
         "after_rename#2",
     ] {
-        if let Err(e) = run_case(&case, point) {
-            failures.push(format!("[{point}] {e}"));
+        if let Err(e) = run_case(&case, point, false) {
+            failures.push(format!("[{point}, no commit log] {e}"));
+        }
+        if let Err(e) = run_case(&case, point, true) {
+            failures.push(format!("[{point}, commit log] {e}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -919,49 +1013,62 @@ fn append_after_a_torn_line_starts_on_a_new_line() {
 /// cleans.
 #[test]
 fn writer_hung_inside_a_write_blocks_writers_not_readers() {
-    let env = TestEnv::new();
-    env.create("x", &["--id", "t"]);
-    let c = env.claim("a", &["t"]);
-    let before = env.task_bytes("t");
-    let mut child = no_core_cmd(&env)
-        .args(["complete", "t", "--token", &c.token_arg(), "--result", "r"])
-        .env("ORCHESTRATE_HANG_AT", "after_temp_write")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    crate::support::wait_for(
-        "the hung writer's temp file",
-        Duration::from_secs(20),
-        || (!env.temps().is_empty()).then_some(()),
-    );
-    let ids = check_readers(&env).unwrap_or_else(|e| panic!("reader beside a hung writer: {e}"));
-    assert_eq!(ids, ["t"]);
-    assert_eq!(env.task_bytes("t"), before, "the reader saw a changed file");
-    let out = env.expect(
-        &["create-task", "y", "--id", "y", "--lock-timeout", "300ms"],
-        5,
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("lock"),
-        "{}",
-        streams(&out)
-    );
-    assert!(!env.task_path("y").exists());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    env.ok(&[
-        "complete",
-        "t",
-        "--token",
-        &c.token_arg(),
-        "--lock-timeout",
-        "3s",
-    ]);
-    assert_eq!(env.task_json("t")["status"], "completed");
-    assert_eq!(
-        env.temps(),
-        Vec::<String>::new(),
-        "a temp file left after the next write"
-    );
+    // Without the commit log the hung write is before the commit point;
+    // with it (`spec` 4.8) after, so the completion stands once the next
+    // lock holder has replayed the log.
+    for log in ["0", "1"] {
+        let env = TestEnv::new();
+        env.create("x", &["--id", "t"]);
+        let c = env.claim("a", &["t"]);
+        let before = env.task_bytes("t");
+        let mut child = no_core_cmd(&env)
+            .args(["complete", "t", "--token", &c.token_arg(), "--result", "r"])
+            .env("ORCHESTRATE_HANG_AT", "after_temp_write")
+            .env("ORCHESTRATE_COMMIT_LOG", log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::wait_for(
+            "the hung writer's temp file",
+            Duration::from_secs(20),
+            || (!env.temps().is_empty()).then_some(()),
+        );
+        let ids =
+            check_readers(&env).unwrap_or_else(|e| panic!("reader beside a hung writer: {e}"));
+        assert_eq!(ids, ["t"]);
+        assert_eq!(env.task_bytes("t"), before, "the reader saw a changed file");
+        let out = env.expect(
+            &["create-task", "y", "--id", "y", "--lock-timeout", "300ms"],
+            5,
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("lock"),
+            "{}",
+            streams(&out)
+        );
+        assert!(!env.task_path("y").exists());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let args = [
+            "complete",
+            "t",
+            "--token",
+            &c.token_arg(),
+            "--lock-timeout",
+            "3s",
+        ];
+        if log == "0" {
+            env.ok(&args);
+        } else {
+            env.expect(&args, 4);
+            assert_eq!(env.task_json("t")["result"], "r", "the commit was lost");
+        }
+        assert_eq!(env.task_json("t")["status"], "completed");
+        assert_eq!(
+            env.temps(),
+            Vec::<String>::new(),
+            "a temp file left after the next write"
+        );
+    }
 }

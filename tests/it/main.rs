@@ -8,12 +8,14 @@
 //! - `harness`: helpers of the fault tests (pre_exec children, tree
 //!   snapshots, the reader consistency check).
 //! - `crash`: every crash point of every mutating command.
+//! - `commit_log`: replay, checkpoint, reboot and doctor of the commit log.
 //! - `diskfull`: a full disk (file-size limit) and a directory the caller
 //!   cannot write.
 //! - `hostile`: symlinks, malformed ids, huge sparse files, permissions.
 
 mod archive;
 mod cli;
+mod commit_log;
 mod concurrency;
 mod crash;
 mod diskfull;

@@ -149,18 +149,23 @@ impl Log {
             }
             Err(e) => return Err(e),
         };
+        let log = Log::from_file(path, file)?;
+        if log.len == 0 && create {
+            crate::protocol::store::set_file_mode(&log.file, path)?;
+        }
+        Ok(Some(log))
+    }
+
+    fn from_file(path: &Path, file: File) -> Result<Log> {
         let len = file
             .metadata()
             .map_err(|e| Error::io("stat", path, e))?
             .len();
-        if len == 0 && create {
-            crate::protocol::store::set_file_mode(&file, path)?;
-        }
-        Ok(Some(Log {
+        Ok(Log {
             path: path.to_path_buf(),
             file,
             len,
-        }))
+        })
     }
 
     /// Opens the log at `path` read-only, for a reader that takes no lock
@@ -176,15 +181,7 @@ impl Log {
             }
             Err(e) => return Err(e),
         };
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
-        Ok(Some(Log {
-            path: path.to_path_buf(),
-            file,
-            len,
-        }))
+        Log::from_file(path, file).map(Some)
     }
 
     /// The log's length in bytes.
@@ -428,8 +425,10 @@ impl super::Txn<'_> {
     ///
     /// # Errors
     /// I/O errors. Before the commit point the mutation is then not
-    /// committed (its record is cut off again); after it, it is, and the
-    /// next lock holder finishes writing the task files.
+    /// committed (its record is cut off again). After it, a failure of the
+    /// first task-file write takes the record back too (nothing was applied
+    /// and nobody saw it); a later failure leaves the mutation committed,
+    /// and the next lock holder finishes writing the task files.
     pub(super) fn flush(&mut self) -> Result<()> {
         if self.staged.is_empty() {
             return Ok(());

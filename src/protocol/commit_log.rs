@@ -517,8 +517,8 @@ impl super::Txn<'_> {
     }
 
     /// Recovery of the commit log, first thing under the lock (`spec` 4.8,
-    /// 4.5 step 1). Clean log (empty, or ending in `applied` in this boot,
-    /// held by a commit-log holder): nothing, two short reads. Otherwise:
+    /// 4.5 step 1). Clean log (empty, or ending in `applied` in this boot):
+    /// nothing but two short reads for a holder that uses the log. Otherwise:
     /// - in this boot (a holder crashed): a torn tail is cut off, the log
     ///   `fdatasync`ed (its writer may have died before its sync), the
     ///   commits after the last `applied` written to the task files, and
@@ -531,8 +531,9 @@ impl super::Txn<'_> {
     ///   files durable (`syncfs`) and empties the log, since it will write
     ///   task files the log does not know about.
     ///
-    /// Unless the log was clean, the index is marked stale (step 3 rebuilds
-    /// it) and a `commit_log_recovered` event says what was done.
+    /// A clean log is only emptied (after a `syncfs`) by a holder that does
+    /// not use it. Unless the log was clean, the index is marked stale (step
+    /// 3 rebuilds it) and a `commit_log_recovered` event says what was done.
     ///
     /// # Errors
     /// Data errors (a record from a newer version) and I/O errors.
@@ -542,7 +543,18 @@ impl super::Txn<'_> {
         let Some(mut log) = Log::open(&path, self.c.commit_log)? else {
             return Ok(());
         };
-        if log.is_empty() || (self.c.commit_log && log.is_clean(boot)?) {
+        if log.is_empty() {
+            self.log = Some(log);
+            return Ok(());
+        }
+        if log.is_clean(boot)? {
+            if !self.c.commit_log {
+                // Every commit is in the task files already; make them
+                // durable before writing files the log does not know about.
+                // Nothing to recover: the index stays as it is.
+                crate::protocol::store::sync_fs(&self.c.layout.tasks_dir())?;
+                log.truncate(0)?;
+            }
             self.log = Some(log);
             return Ok(());
         }

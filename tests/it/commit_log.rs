@@ -219,6 +219,21 @@ fn a_writer_without_the_log_recovers_it_and_empties_it() {
 }
 
 #[test]
+fn a_writer_without_the_log_empties_a_clean_log_without_a_recovery() {
+    let env = setup();
+    assert!(log_len(&env) > 0, "the claim in setup went through the log");
+    env.edit_config(|v| v["durability"] = json!("relaxed"));
+    env.ok(&["create-task", "later", "--id", "later"]);
+    assert_eq!(
+        log_len(&env),
+        0,
+        "a writer that does not use the log left it"
+    );
+    assert_eq!(recoveries(&env), Vec::<Value>::new());
+    assert_eq!(env.task_json("t")["status"], "claimed");
+}
+
+#[test]
 fn archive_checkpoints_first_and_a_crash_there_loses_nothing() {
     let env = setup();
     env.ok(&["complete", "t", "--token", "1", "--result", "r"]);

@@ -543,12 +543,8 @@ impl super::Txn<'_> {
         let Some(mut log) = Log::open(&path, self.c.commit_log)? else {
             return Ok(());
         };
-        if log.is_empty() {
-            self.log = Some(log);
-            return Ok(());
-        }
         if log.is_clean(boot)? {
-            if !self.c.commit_log {
+            if !self.c.commit_log && !log.is_empty() {
                 // Every commit is in the task files already; make them
                 // durable before writing files the log does not know about.
                 // Nothing to recover: the index stays as it is.

@@ -305,7 +305,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     // commits may not be in the task files yet.
     let log_path = c.layout().commit_log();
     if let Ok(Some(log)) = crate::protocol::commit_log::Log::open_read(&log_path) {
-        if !log.is_clean(crate::protocol::index::boot_id())? {
+        if !log.is_clean(crate::protocol::index::boot_id()) {
             col.add(
                 "commit_log_pending",
                 Severity::Warning,

@@ -1,22 +1,28 @@
 //! The commit log, `.coordination/commit.log` (`spec/PROTOCOL.md` section
 //! 4.8): in durable mode on a local file system, a mutation's commit point
-//! is one `fdatasync`'d append of a record holding the full new content of
+//! is one `fdatasync`'d write of a record holding the full new content of
 //! every task file it writes. The task files stay the readable state; they
-//! are written (temp + rename, 4.2) after the append without an fsync of
+//! are written (temp + rename, 4.2) after the record without an fsync of
 //! their own, and made durable in batches by a checkpoint (`syncfs(2)`, then
-//! the log is emptied). After a crash the next lock holder finishes what the
-//! log says was committed; after a reboot it writes every committed record
-//! again.
+//! a new generation of the log begins). After a crash the next lock holder
+//! finishes what the log says was committed; after a reboot it writes every
+//! committed record again.
 //!
 //! This is the write-ahead rule of ARIES (Mohan et al., 1992): no task file
 //! is replaced before the record of its new content is durable, so a power
 //! loss can tear only files whose content is in the log.
 //!
 //! Record format, one per line: `<crc32c> <len> <json>\n`, where `<crc32c>`
-//! is the CRC-32C (Castagnoli, RFC 3720 appendix B.4) of the `<json>` bytes
-//! in 8 lowercase hex digits and `<len>` their length in decimal bytes. A
-//! line that does not check (torn by a crash in the middle of an append)
-//! ends the valid log.
+//! is the CRC-32C (Castagnoli, RFC 3720 appendix B.4) of the generation's
+//! salt followed by the `<json>` bytes, in 8 lowercase hex digits, and
+//! `<len>` the length of `<json>` in decimal bytes. A generation starts at
+//! offset 0 with a `checkpoint` record (checked with an empty salt) that
+//! holds a new random salt; it overwrites the previous generation in place,
+//! as SQLite's WAL reuses its file (<https://sqlite.org/walformat.html>),
+//! so that the `fdatasync` of a commit is a data-only write rather than a
+//! change of the file's size. A line that does not check (torn by a crash
+//! in the middle of a write, or left by an earlier generation, whose salt
+//! differs) ends the valid log.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -24,21 +30,33 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Size, in bytes, past which the holder that appended checkpoints the log
-/// (`spec` 4.8): `syncfs(2)`, then the log is emptied. 1 MiB is about a
-/// thousand task writes, so the `syncfs` costs well under one fsync per
-/// commit.
-pub const CHECKPOINT_BYTES: u64 = 1 << 20;
+/// Size of a generation, in bytes, past which the holder that wrote to it
+/// checkpoints the log (`spec` 4.8): `syncfs(2)`, then a new generation
+/// overwrites this one from offset 0. 256 KiB is a few hundred task writes,
+/// so the `syncfs` costs well under one fsync per commit, and a writer
+/// that reads the generation to find its end reads at most this much.
+pub const CHECKPOINT_BYTES: u64 = 1 << 18;
+
+/// A checkpoint that finds the file larger than this (a generation that
+/// ended with one very large record) truncates it to 0 first, so that the
+/// file does not stay large. In bytes.
+const SHRINK_BYTES: u64 = 4 * CHECKPOINT_BYTES;
 
 /// One record of the log (`spec` 4.8), tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
-    /// The first record after the log was emptied: the boot the records
-    /// that follow were written in (`/proc/sys/kernel/random/boot_id`).
+    /// The first record of a generation, at offset 0: the boot the records
+    /// that follow were written in (`/proc/sys/kernel/random/boot_id`) and
+    /// the salt their checksums begin with.
     Checkpoint {
         /// The boot id, trimmed; empty where there is none.
         boot_id: String,
+        /// 16 lowercase hex digits, random per generation; empty in a log
+        /// written before generations were reused (its records are then
+        /// checked with an empty salt).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        salt: String,
     },
     /// A mutation started changing the index before its commit: a log that
     /// ends here was left by a crash, and the index is rebuilt.
@@ -61,22 +79,27 @@ pub struct TaskWrite {
     pub content: String,
 }
 
-/// Encodes `r` as one log line: `<crc32c> <len> <json>\n`.
+/// Encodes `r` as one log line, `<crc32c> <len> <json>\n`, its checksum
+/// taken over `salt` (the generation's, from its checkpoint; empty for the
+/// checkpoint record itself) and then the JSON.
 ///
 /// # Errors
 /// [`Error::Other`] when `r` cannot be serialised (never for these types).
-pub fn encode(r: &Record) -> Result<Vec<u8>> {
+pub fn encode(r: &Record, salt: &str) -> Result<Vec<u8>> {
     let json = serde_json::to_vec(r).map_err(|e| Error::Other(e.to_string()))?;
-    let mut line = format!("{:08x} {} ", crc32c::crc32c(&json), json.len()).into_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(salt.as_bytes()), &json);
+    let mut line = format!("{crc:08x} {} ", json.len()).into_bytes();
     line.extend_from_slice(&json);
     line.push(b'\n');
     Ok(line)
 }
 
 /// Decodes the valid prefix of a log: its records, each with the offset
-/// just past its line, and the length of that prefix in bytes. Decoding
-/// stops at the first line that is incomplete or whose length or checksum
-/// does not match (a torn append).
+/// just past its line, and the length of that prefix in bytes. The first
+/// line is checked with an empty salt; when it is a checkpoint, the lines
+/// after it are checked with its salt. Decoding stops at the first line
+/// that is incomplete or whose length or checksum does not match (a torn
+/// write, or a record of an earlier generation).
 ///
 /// # Errors
 /// [`Error::Corrupt`] for a line whose checksum matches but whose JSON is
@@ -85,55 +108,121 @@ pub fn encode(r: &Record) -> Result<Vec<u8>> {
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Vec<(Record, u64)>, u64)> {
     let mut out = Vec::new();
     let mut at = 0usize;
+    let mut salt = String::new();
     while at < bytes.len() {
-        let Some((json, end)) = check_line(&bytes[at..]) else {
+        let Line::Whole(json, n) = check_line(&bytes[at..], &salt) else {
             break;
         };
-        let r: Record = serde_json::from_slice(json).map_err(|e| {
-            Error::corrupt(
-                path,
-                format!(
-                    "holds a record this version does not know ({e}); a newer orchestrate wrote it"
-                ),
-            )
-        })?;
-        at += end;
+        let r: Record = parse(path, json)?;
+        let first_not_checkpoint = at == 0 && !matches!(r, Record::Checkpoint { .. });
+        if let (0, Record::Checkpoint { salt: s, .. }) = (at, &r) {
+            salt.clone_from(s);
+        }
+        at += n;
         out.push((r, at as u64));
+        if first_not_checkpoint {
+            // Not a generation: nothing after it can be checked.
+            break;
+        }
     }
     Ok((out, at as u64))
 }
 
-/// The JSON of the line at the start of `b` and the length of the whole
-/// line, when it is complete and checks.
-fn check_line(b: &[u8]) -> Option<(&[u8], usize)> {
-    let sp1 = b.iter().take(9).position(|&c| c == b' ')?;
-    if sp1 != 8 {
-        return None;
-    }
-    let crc = u32::from_str_radix(std::str::from_utf8(&b[..8]).ok()?, 16).ok()?;
-    let rest = &b[9..];
-    let sp2 = rest.iter().take(21).position(|&c| c == b' ')?;
-    let len: usize = std::str::from_utf8(&rest[..sp2]).ok()?.parse().ok()?;
-    let start = 9 + sp2 + 1;
-    let end = start.checked_add(len)?;
-    if b.len() <= end || b[end] != b'\n' {
-        return None;
-    }
-    let json = &b[start..end];
-    (crc32c::crc32c(json) == crc).then_some((json, end + 1))
+fn parse(path: &Path, json: &[u8]) -> Result<Record> {
+    serde_json::from_slice(json).map_err(|e| {
+        Error::corrupt(
+            path,
+            format!(
+                "holds a record this version does not know ({e}); a newer orchestrate wrote it"
+            ),
+        )
+    })
 }
 
-/// The open log file of one lock holder, and its length in bytes.
+/// What is at the start of a byte range of the log.
+enum Line<'a> {
+    /// A line that checks: its JSON and the length of the whole line.
+    Whole(&'a [u8], usize),
+    /// The start of a line that may check once this many bytes in all are
+    /// read (`usize::MAX`: its length field is not complete yet).
+    Short(usize),
+    /// Not a line of this generation.
+    Bad,
+}
+
+fn check_line<'a>(b: &'a [u8], salt: &str) -> Line<'a> {
+    fn digits(b: &[u8], radix: u32) -> Option<u64> {
+        u64::from_str_radix(std::str::from_utf8(b).ok()?, radix).ok()
+    }
+    if b.len() < 9 {
+        return Line::Short(usize::MAX);
+    }
+    let (Some(crc), b' ') = (digits(&b[..8], 16), b[8]) else {
+        return Line::Bad;
+    };
+    let rest = &b[9..];
+    let Some(sp2) = rest.iter().take(21).position(|&c| c == b' ') else {
+        return if rest.len() < 21 {
+            Line::Short(usize::MAX)
+        } else {
+            Line::Bad
+        };
+    };
+    let Some(len) = digits(&rest[..sp2], 10).and_then(|l| usize::try_from(l).ok()) else {
+        return Line::Bad;
+    };
+    let start = 9 + sp2 + 1;
+    let Some(whole) = start.checked_add(len).and_then(|e| e.checked_add(1)) else {
+        return Line::Bad;
+    };
+    if b.len() < whole {
+        return Line::Short(whole);
+    }
+    let json = &b[start..whole - 1];
+    let ok = b[whole - 1] == b'\n'
+        && u64::from(crc32c::crc32c_append(crc32c::crc32c(salt.as_bytes()), json)) == crc;
+    if ok {
+        Line::Whole(json, whole)
+    } else {
+        Line::Bad
+    }
+}
+
+/// The kind of the last valid record, which is all that [`Log::is_clean`]
+/// needs of the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Checkpoint,
+    Applied,
+    Other,
+}
+
+/// The open log file of one lock holder: where its current generation ends
+/// (the next record is written there) and that generation's salt and boot.
 #[derive(Debug)]
 pub struct Log {
     path: PathBuf,
     file: File,
-    len: u64,
+    /// Bytes of the file (the current generation, then what is left of
+    /// earlier ones).
+    size: u64,
+    /// Offset just past the last valid record; 0 when there is none.
+    end: u64,
+    salt: String,
+    boot_id: Option<String>,
+    last: Option<Last>,
 }
+
+/// How much of the log a scan reads at a time, in bytes.
+const READ_BYTES: usize = 64 * 1024;
+
+/// The JSON of an `applied` record.
+const APPLIED: &[u8] = br#"{"kind":"applied"}"#;
 
 impl Log {
     /// Opens the log at `path` read-write, creating it (mode per `spec`
-    /// 4.7) when `create`; `Ok(None)` when it is missing and not `create`.
+    /// 4.7) when `create`, and finds the end of its current generation;
+    /// `Ok(None)` when it is missing and not `create`.
     ///
     /// # Errors
     /// [`Error::Corrupt`] for a symlink or non-regular file at `path`;
@@ -150,22 +239,82 @@ impl Log {
             Err(e) => return Err(e),
         };
         let log = Log::from_file(path, file)?;
-        if log.len == 0 && create {
+        if log.size == 0 && create {
             crate::protocol::store::set_file_mode(&log.file, path)?;
         }
         Ok(Some(log))
     }
 
     fn from_file(path: &Path, file: File) -> Result<Log> {
-        let len = file
+        let size = file
             .metadata()
             .map_err(|e| Error::io("stat", path, e))?
             .len();
-        Ok(Log {
+        let mut log = Log {
             path: path.to_path_buf(),
             file,
-            len,
-        })
+            size,
+            end: 0,
+            salt: String::new(),
+            boot_id: None,
+            last: None,
+        };
+        log.scan()?;
+        Ok(log)
+    }
+
+    /// Reads the current generation from offset 0 up to its first line that
+    /// does not check, in [`READ_BYTES`] steps, checking each line's
+    /// checksum but parsing only the first and the last.
+    fn scan(&mut self) -> Result<()> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut at = 0usize;
+        loop {
+            match check_line(&buf[at..], &self.salt) {
+                Line::Whole(json, n) => {
+                    if at == 0 {
+                        match serde_json::from_slice::<Record>(json) {
+                            Ok(Record::Checkpoint { boot_id, salt }) => {
+                                self.boot_id = Some(boot_id);
+                                self.salt = salt;
+                                self.last = Some(Last::Checkpoint);
+                            }
+                            // Not a generation this version can read on:
+                            // recovery decodes it and says why.
+                            _ => {
+                                self.end = n as u64;
+                                self.last = Some(Last::Other);
+                                return Ok(());
+                            }
+                        }
+                    } else if json == APPLIED {
+                        self.last = Some(Last::Applied);
+                    } else {
+                        self.last = Some(Last::Other);
+                    }
+                    at += n;
+                }
+                Line::Short(need) if (buf.len() as u64) < self.size => {
+                    let want = if need == usize::MAX {
+                        READ_BYTES
+                    } else if need as u64 > self.size - at as u64 {
+                        // A length past the end of the file: not a line.
+                        break;
+                    } else {
+                        (at + need - buf.len()).max(READ_BYTES)
+                    };
+                    let off = buf.len();
+                    let n = (want as u64).min(self.size - off as u64) as usize;
+                    buf.resize(off + n, 0);
+                    self.file
+                        .read_exact_at(&mut buf[off..], off as u64)
+                        .map_err(|e| Error::io("read", &self.path, e))?;
+                }
+                Line::Short(_) | Line::Bad => break,
+            }
+        }
+        self.end = at as u64;
+        Ok(())
     }
 
     /// Opens the log at `path` read-only, for a reader that takes no lock
@@ -184,87 +333,108 @@ impl Log {
         Log::from_file(path, file).map(Some)
     }
 
-    /// The log's length in bytes.
+    /// The length, in bytes, of the current generation's valid records:
+    /// where the next record is written.
     pub fn len(&self) -> u64 {
-        self.len
+        self.end
     }
 
-    /// True when the log has no records.
+    /// True when the log has no valid record (an empty file, or one whose
+    /// first line does not check).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.end == 0
     }
 
-    /// True when nothing in the log needs recovery in this boot: empty, or
-    /// its first record is a checkpoint of `boot_id` and its last is
-    /// `applied` or that checkpoint. Reads at most two short ranges.
-    ///
-    /// # Errors
-    /// [`Error::Io`] when the reads fail.
-    pub fn is_clean(&self, boot_id: &str) -> Result<bool> {
-        if self.len == 0 {
-            return Ok(true);
-        }
-        let head = self.read_range(0, self.len.min(160))?;
-        let Some((json, _)) = check_line(&head) else {
-            return Ok(false);
-        };
-        match serde_json::from_slice::<Record>(json) {
-            Ok(Record::Checkpoint { boot_id: b }) if b == boot_id => {}
-            _ => return Ok(false),
-        }
-        let n = self.len.min(160);
-        let tail = self.read_range(self.len - n, n)?;
-        if tail.last() != Some(&b'\n') {
-            return Ok(false);
-        }
-        let body = &tail[..tail.len() - 1];
-        let start = match body.iter().rposition(|&c| c == b'\n') {
-            Some(p) => p + 1,
-            // No line starts in the window: the log is that one line (the
-            // checkpoint alone), or its last line is long (not `applied`).
-            None if n == self.len => 0,
-            None => return Ok(false),
-        };
-        let Some((json, end)) = check_line(&tail[start..]) else {
-            return Ok(false);
-        };
-        Ok(start + end == tail.len()
-            && matches!(
-                serde_json::from_slice::<Record>(json),
-                Ok(Record::Applied | Record::Checkpoint { .. })
-            ))
+    /// True when nothing in the log needs recovery in this boot: no valid
+    /// record, or a generation whose checkpoint is of `boot_id` and whose
+    /// last valid record is `applied` or that checkpoint.
+    pub fn is_clean(&self, boot_id: &str) -> bool {
+        self.end == 0
+            || (self.boot_id.as_deref() == Some(boot_id)
+                && matches!(self.last, Some(Last::Applied | Last::Checkpoint)))
     }
 
-    fn read_range(&self, off: u64, n: u64) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; n as usize];
-        self.file
-            .read_exact_at(&mut buf, off)
-            .map_err(|e| Error::io("read", &self.path, e))?;
-        Ok(buf)
+    /// The current generation's salt, which [`encode`] takes (empty when
+    /// there is no generation).
+    pub fn salt(&self) -> &str {
+        &self.salt
     }
 
-    /// Reads the whole log (at most a checkpoint's worth plus one mutation).
+    /// Reads the current generation's valid records (at most a
+    /// checkpoint's worth plus one mutation).
     ///
     /// # Errors
     /// [`Error::Io`].
     pub fn read_all(&self) -> Result<Vec<u8>> {
-        self.read_range(0, self.len)
+        let mut buf = vec![0u8; self.end as usize];
+        self.file
+            .read_exact_at(&mut buf, 0)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        Ok(buf)
     }
 
-    /// Writes `bytes` at the end of the log, without syncing.
+    /// Writes `bytes` (lines encoded with [`Log::salt`]) at the end of the
+    /// current generation, without syncing.
     ///
     /// # Errors
-    /// [`Error::Io`]; the length is then unchanged as far as this holder
+    /// [`Error::Io`]; the end is then unchanged as far as this holder
     /// knows (a partial line left behind does not check).
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
-            .write_all_at(bytes, self.len)
-            .map_err(|e| Error::io("append to", &self.path, e))?;
-        self.len += bytes.len() as u64;
+            .write_all_at(bytes, self.end)
+            .map_err(|e| Error::io("write to", &self.path, e))?;
+        self.end += bytes.len() as u64;
+        self.size = self.size.max(self.end);
+        self.last = Some(Last::Other);
         Ok(())
     }
 
-    /// `fdatasync(2)` of the log: the commit point of what was appended.
+    /// Cuts off whatever the file holds past the current generation's
+    /// valid records (a torn write, or the rest of earlier generations),
+    /// durably.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn cut_tail(&mut self) -> Result<()> {
+        if self.size > self.end {
+            self.truncate(self.end)?;
+        }
+        Ok(())
+    }
+
+    /// True when the current generation holds a record past its checkpoint.
+    pub fn has_records(&self) -> bool {
+        matches!(self.last, Some(Last::Applied | Last::Other))
+    }
+
+    /// Starts a new generation at offset 0 (`spec` 4.8): a checkpoint
+    /// record of `boot_id` with a new random salt, written over whatever
+    /// the file holds, not synced. Every record of earlier generations
+    /// then fails its checksum.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn begin_generation(&mut self, boot_id: &str) -> Result<()> {
+        if self.size > SHRINK_BYTES {
+            self.truncate(0)?;
+        }
+        let salt = format!("{:016x}", rand::random::<u64>());
+        let line = encode(
+            &Record::Checkpoint {
+                boot_id: boot_id.to_string(),
+                salt: salt.clone(),
+            },
+            "",
+        )?;
+        self.end = 0;
+        self.append(&line)?;
+        self.salt = salt;
+        self.boot_id = Some(boot_id.to_string());
+        self.last = Some(Last::Checkpoint);
+        Ok(())
+    }
+
+    /// `fdatasync(2)` of the log: the commit point of what was written.
     ///
     /// # Errors
     /// [`Error::Io`].
@@ -274,8 +444,8 @@ impl Log {
             .map_err(|e| Error::io("fdatasync", &self.path, e))
     }
 
-    /// Cuts the log to `len` bytes (a torn tail, a commit whose sync
-    /// failed, or 0 at a checkpoint) and makes that durable.
+    /// Cuts the file to `len` bytes (a torn tail, a commit whose sync
+    /// failed, or 0 to empty it) and makes that durable.
     ///
     /// # Errors
     /// [`Error::Io`].
@@ -284,7 +454,13 @@ impl Log {
             .set_len(len)
             .and_then(|()| self.file.sync_all())
             .map_err(|e| Error::io("truncate", &self.path, e))?;
-        self.len = len;
+        self.size = len;
+        self.end = self.end.min(len);
+        if len == 0 {
+            self.salt.clear();
+            self.boot_id = None;
+            self.last = None;
+        }
         Ok(())
     }
 }
@@ -292,6 +468,13 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn checkpoint(salt: &str) -> Record {
+        Record::Checkpoint {
+            boot_id: "b".into(),
+            salt: salt.into(),
+        }
+    }
 
     fn commit(id: &str) -> Record {
         Record::Commit {
@@ -305,18 +488,15 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_dropped() {
         let p = Path::new("commit.log");
-        let mut bytes = encode(&Record::Checkpoint {
-            boot_id: "b".into(),
-        })
-        .unwrap();
-        bytes.extend(encode(&commit("a")).unwrap());
-        bytes.extend(encode(&Record::Applied).unwrap());
+        let mut bytes = encode(&checkpoint("s1"), "").unwrap();
+        bytes.extend(encode(&commit("a"), "s1").unwrap());
+        bytes.extend(encode(&Record::Applied, "s1").unwrap());
         let whole = bytes.len() as u64;
         let (recs, valid) = decode(p, &bytes).unwrap();
         assert_eq!(valid, whole);
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[1].0, commit("a"));
-        let second = encode(&commit("b")).unwrap();
+        let second = encode(&commit("b"), "s1").unwrap();
         for cut in 0..second.len() {
             let mut torn = bytes.clone();
             torn.extend_from_slice(&second[..cut]);
@@ -328,13 +508,102 @@ mod tests {
     #[test]
     fn a_flipped_byte_fails_the_checksum() {
         let p = Path::new("commit.log");
-        let line = encode(&commit("a")).unwrap();
+        let line = encode(&commit("a"), "").unwrap();
         for i in 0..line.len() - 1 {
             let mut bad = line.clone();
             bad[i] ^= 0x01;
             let (recs, valid) = decode(p, &bad).unwrap_or((Vec::new(), 0));
             assert_eq!((recs.len(), valid), (0, 0), "byte {i}");
         }
+    }
+
+    #[test]
+    fn records_of_an_earlier_generation_end_the_log() {
+        let p = Path::new("commit.log");
+        // Generation 1: a checkpoint and many records.
+        let mut old = encode(&checkpoint("1111"), "").unwrap();
+        for i in 0..20 {
+            old.extend(encode(&commit(&format!("old{i}")), "1111").unwrap());
+            old.extend(encode(&Record::Applied, "1111").unwrap());
+        }
+        // Generation 2 overwrites the start in place.
+        let mut new = encode(&checkpoint("2222"), "").unwrap();
+        new.extend(encode(&commit("new"), "2222").unwrap());
+        assert!(new.len() < old.len() / 2);
+        let mut file = old.clone();
+        file[..new.len()].copy_from_slice(&new);
+        let (recs, valid) = decode(p, &file).unwrap();
+        assert_eq!(valid, new.len() as u64);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].0, commit("new"));
+        // The same record with another generation's salt does not check.
+        let line = encode(&commit("new"), "1111").unwrap();
+        assert!(matches!(check_line(&line, "2222"), Line::Bad));
+        assert!(matches!(check_line(&line, "1111"), Line::Whole(..)));
+        // A checkpoint written before salts existed: records checked with
+        // an empty salt, as that version wrote them.
+        let mut legacy = br#"{"kind":"checkpoint","boot_id":"b"}"#.to_vec();
+        legacy = format!("{:08x} {} ", crc32c::crc32c(&legacy), legacy.len())
+            .into_bytes()
+            .into_iter()
+            .chain(legacy)
+            .chain([b'\n'])
+            .collect();
+        legacy.extend(encode(&commit("a"), "").unwrap());
+        let (recs, _) = decode(p, &legacy).unwrap();
+        assert_eq!(recs.len(), 2, "{recs:?}");
+    }
+
+    #[test]
+    fn a_scan_finds_the_end_of_the_generation_and_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("commit.log");
+        let mut log = Log::open(&p, true).unwrap().unwrap();
+        assert!(log.is_empty() && log.is_clean("b"));
+        // A first generation larger than one read, then a second over it.
+        log.begin_generation("b").unwrap();
+        for i in 0..200 {
+            let rec = encode(&commit(&format!("t{i}")), log.salt()).unwrap();
+            log.append(&rec).unwrap();
+        }
+        let big = std::fs::metadata(&p).unwrap().len();
+        assert!(big > READ_BYTES as u64 / 4, "{big}");
+        log.begin_generation("b").unwrap();
+        let rec = encode(&commit("x"), log.salt()).unwrap();
+        log.append(&rec).unwrap();
+        let end = log.len();
+        let seen = Log::open(&p, false).unwrap().unwrap();
+        assert_eq!(seen.len(), end);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            big,
+            "not overwritten in place"
+        );
+        assert!(
+            !seen.is_clean("b"),
+            "a commit without `applied` is not clean"
+        );
+        let applied = encode(&Record::Applied, log.salt()).unwrap();
+        log.append(&applied).unwrap();
+        let seen = Log::open(&p, false).unwrap().unwrap();
+        assert!(seen.is_clean("b"));
+        assert!(!seen.is_clean("another boot"));
+        assert!(seen.has_records());
+        let (recs, valid) = decode(&p, &seen.read_all().unwrap()).unwrap();
+        assert_eq!((recs.len(), valid), (3, seen.len()));
+        // Records larger than one read are found too.
+        let mut log = seen;
+        log.begin_generation("b").unwrap();
+        let huge = Record::Commit {
+            tasks: vec![TaskWrite {
+                id: "h".into(),
+                content: "x".repeat(3 * READ_BYTES),
+            }],
+        };
+        let rec = encode(&huge, log.salt()).unwrap();
+        log.append(&rec).unwrap();
+        let seen = Log::open(&p, false).unwrap().unwrap();
+        assert_eq!(seen.len(), log.len());
     }
 
     #[test]
@@ -384,14 +653,11 @@ impl super::Txn<'_> {
     pub(super) fn stage(&mut self, t: &crate::protocol::task::Task, bytes: Vec<u8>) -> Result<()> {
         if !self.began {
             let log = self.open_log()?;
-            let mut first = Vec::new();
             if log.is_empty() {
-                first = encode(&Record::Checkpoint {
-                    boot_id: crate::protocol::index::boot_id().to_string(),
-                })?;
+                log.begin_generation(crate::protocol::index::boot_id())?;
             }
-            first.extend(encode(&Record::Begin)?);
-            log.append(&first)?;
+            let begin = encode(&Record::Begin, log.salt())?;
+            log.append(&begin)?;
             self.began = true;
         }
         let s = Staged {
@@ -435,7 +701,7 @@ impl super::Txn<'_> {
         }
         let staged = std::mem::take(&mut self.staged);
         self.staged_at.clear();
-        let rec = encode(&Record::Commit {
+        let commit = Record::Commit {
             tasks: staged
                 .iter()
                 .map(|s| TaskWrite {
@@ -443,8 +709,9 @@ impl super::Txn<'_> {
                     content: String::from_utf8_lossy(&s.bytes).into_owned(),
                 })
                 .collect(),
-        })?;
+        };
         let log = self.open_log()?;
+        let rec = encode(&commit, log.salt())?;
         crate::protocol::faults::point("before_log_append");
         if crate::protocol::faults::armed("mid_log_record") {
             let _ = log.append(&rec[..rec.len() / 2]);
@@ -485,7 +752,8 @@ impl super::Txn<'_> {
         }
         crate::protocol::faults::point("before_applied");
         let log = self.open_log()?;
-        log.append(&encode(&Record::Applied)?)?;
+        let applied = encode(&Record::Applied, log.salt())?;
+        log.append(&applied)?;
         if log.len() > CHECKPOINT_BYTES {
             self.checkpoint()?;
         }
@@ -506,12 +774,15 @@ impl super::Txn<'_> {
             self.log = Log::open(&self.c.layout.commit_log(), false)?;
         }
         let tasks = self.c.layout.tasks_dir();
-        let Some(log) = self.log.as_mut().filter(|l| !l.is_empty()) else {
+        let Some(log) = self.log.as_mut().filter(|l| l.has_records()) else {
             return Ok(());
         };
         crate::protocol::store::sync_fs(&tasks)?;
         crate::protocol::faults::point("before_checkpoint");
-        log.truncate(0)?;
+        // A new generation over this one, durable before anything (an
+        // archive's moves) relies on the old one not being replayed.
+        log.begin_generation(crate::protocol::index::boot_id())?;
+        log.sync()?;
         self.began = false;
         Ok(())
     }
@@ -543,7 +814,7 @@ impl super::Txn<'_> {
         let Some(mut log) = Log::open(&path, self.c.commit_log)? else {
             return Ok(());
         };
-        if log.is_clean(boot)? {
+        if log.is_clean(boot) {
             if !self.c.commit_log && !log.is_empty() {
                 // Every commit is in the task files already; make them
                 // durable before writing files the log does not know about.
@@ -556,8 +827,7 @@ impl super::Txn<'_> {
         }
         let bytes = log.read_all()?;
         let (records, valid) = decode(&path, &bytes)?;
-        let same_boot =
-            matches!(records.first(), Some((Record::Checkpoint { boot_id }, _)) if boot_id == boot);
+        let same_boot = matches!(records.first(), Some((Record::Checkpoint { boot_id, .. }, _)) if boot_id == boot);
         let commits = |from: usize| -> Vec<&TaskWrite> {
             records[from..]
                 .iter()
@@ -569,9 +839,8 @@ impl super::Txn<'_> {
                 .collect()
         };
         let (reason, written) = if same_boot {
-            if valid < log.len() {
-                log.truncate(valid)?;
-            }
+            debug_assert_eq!(valid, log.len());
+            log.cut_tail()?;
             let last_applied = records
                 .iter()
                 .rposition(|(r, _)| matches!(r, Record::Applied))
@@ -581,7 +850,8 @@ impl super::Txn<'_> {
                 log.sync()?;
             }
             let n = self.rewrite(&pending, false)?;
-            log.append(&encode(&Record::Applied)?)?;
+            let applied = encode(&Record::Applied, log.salt())?;
+            log.append(&applied)?;
             ("crash", n)
         } else {
             let n = self.rewrite(&commits(0), true)?;

@@ -8,6 +8,7 @@
 
 use crate::harness::{check_readers, event_lines, how, no_core_cmd, output_within, streams};
 use crate::support::TestEnv;
+use orchestrate::protocol::commit_log::{self, Record};
 use serde_json::{json, Value};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -66,6 +67,15 @@ fn log_len(env: &TestEnv) -> u64 {
     std::fs::metadata(env.dir().join("commit.log"))
         .expect("commit.log exists")
         .len()
+}
+
+/// The records of the log's current generation, as a second
+/// implementation would read them (`spec` 4.8).
+fn log_records(env: &TestEnv) -> Vec<Record> {
+    let path = env.dir().join("commit.log");
+    let bytes = std::fs::read(&path).expect("read commit.log");
+    let (records, _) = commit_log::decode(&path, &bytes).expect("decode commit.log");
+    records.into_iter().map(|(r, _)| r).collect()
 }
 
 /// The `commit_log_recovered` events, in order.
@@ -248,7 +258,11 @@ fn archive_checkpoints_first_and_a_crash_there_loses_nothing() {
     assert_eq!(env.task_json("t")["status"], "completed");
     let r = env.json(&["archive", "--older-than", "0", "--json"], 0);
     assert!(r.to_string().contains("\"t\""), "t was not archived: {r}");
-    assert_eq!(log_len(&env), 0, "archive checkpointed");
+    let left = log_records(&env);
+    assert!(
+        matches!(left.as_slice(), [Record::Checkpoint { .. }]),
+        "archive did not checkpoint: {left:?}"
+    );
     assert!(!env.task_path("t").exists());
     // A replay can no longer bring t back into tasks/.
     let mut cmd = env.std_cmd();
@@ -279,4 +293,72 @@ fn doctor_reports_a_log_left_by_a_crash_and_fix_recovers_it() {
         !v.to_string().contains("commit_log_pending"),
         "still reported after --fix: {v}"
     );
+}
+
+#[test]
+fn a_checkpoint_reuses_the_file_and_a_reboot_replays_only_the_new_generation() {
+    // Records of about 100 KiB each, all of one length (only the lease
+    // changes, and its text keeps its length), so that the new generation's
+    // lines fall exactly where the old one's did: with the salt ignored,
+    // the old records after them would read as valid, and a replay after a
+    // reboot would bring an old heartbeat back.
+    let env = TestEnv::new();
+    let big = "d".repeat(100 * 1024);
+    env.create(&big, &["--id", "t"]);
+    let c = env.claim("a1", &["t", "--lease", "5m"]);
+    let beat = |lease: &str| {
+        env.ok(&[
+            "heartbeat",
+            "t",
+            "--token",
+            &c.token.to_string(),
+            "--lease",
+            lease,
+        ])
+    };
+    let mut sizes = vec![log_len(&env)];
+    let mut gen1 = 0;
+    for _ in 0..6 {
+        beat("1h");
+        sizes.push(log_len(&env));
+        gen1 = gen1.max(log_records(&env).len());
+        if matches!(log_records(&env).as_slice(), [Record::Checkpoint { .. }]) {
+            break;
+        }
+    }
+    assert!(
+        matches!(log_records(&env).as_slice(), [Record::Checkpoint { .. }]),
+        "no checkpoint after {sizes:?}"
+    );
+    let full = log_len(&env);
+    assert!(gen1 >= 7, "the first generation held {gen1} records");
+    // The next generation is written over the old one: the file keeps its
+    // size, and the old records stay after the new ones.
+    beat("2h");
+    let committed = env.task_bytes("t");
+    assert_eq!(log_len(&env), full, "the file did not keep its size");
+    let now = log_records(&env);
+    assert_eq!(
+        now.len(),
+        4,
+        "{:?}",
+        now.iter()
+            .map(|r| format!("{r:?}").chars().take(40).collect::<String>())
+            .collect::<Vec<_>>()
+    );
+    // A power loss that lost the task file's last write.
+    std::fs::write(env.task_path("t"), &committed[..committed.len() / 2]).unwrap();
+    let mut cmd = env.std_cmd();
+    cmd.args(["create-task", "after the reboot", "--id", "later"])
+        .env("ORCHESTRATE_BOOT_ID", "another-boot");
+    let out = output_within(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", streams(&out));
+    assert_eq!(
+        env.task_bytes("t"),
+        committed,
+        "the reboot recovery did not restore the new generation's heartbeat"
+    );
+    let r = recoveries(&env);
+    assert_eq!((r.len(), &r[0]["task_files"]), (1, &json!(1)), "{r:?}");
+    check_readers(&env).unwrap();
 }

@@ -760,11 +760,13 @@ impl super::Txn<'_> {
         Ok(())
     }
 
-    /// Makes every committed task file durable and empties the log (`spec`
-    /// 4.8): `syncfs(2)` of the file system of `tasks/`, then the log is
-    /// truncated to 0 and fsynced. Flushes staged writes first. A no-op when
-    /// there is no log or it is empty. Archive calls it before it moves task
-    /// files, since a replay would bring a moved file back.
+    /// Makes every committed task file durable and starts a new generation
+    /// of the log (`spec` 4.8): `syncfs(2)` of the file system of `tasks/`,
+    /// then a `checkpoint` record with a new salt at offset 0, fdatasynced
+    /// (the file keeps its size, so that later commits overwrite it in
+    /// place). Flushes staged writes first. A no-op when there is no log or
+    /// it holds no record past its checkpoint. Archive calls it before it
+    /// moves task files, since a replay would bring a moved file back.
     ///
     /// # Errors
     /// I/O errors.
@@ -789,8 +791,11 @@ impl super::Txn<'_> {
 
     /// Recovery of the commit log, first thing under the lock (`spec` 4.8,
     /// 4.5 step 1). Clean log (empty, or ending in `applied` in this boot):
-    /// nothing but two short reads for a holder that uses the log. Otherwise:
-    /// - in this boot (a holder crashed): a torn tail is cut off, the log
+    /// nothing but the read of the current generation (at most
+    /// [`CHECKPOINT_BYTES`] and one mutation) for a holder that uses the
+    /// log. Otherwise:
+    /// - in this boot (a holder crashed): the file is cut at the end of the
+    ///   valid log (a torn write may be there), the log
     ///   `fdatasync`ed (its writer may have died before its sync), the
     ///   commits after the last `applied` written to the task files, and
     ///   `applied` appended;

@@ -78,6 +78,19 @@ fn log_records(env: &TestEnv) -> Vec<Record> {
     records.into_iter().map(|(r, _)| r).collect()
 }
 
+/// Tears task `id`'s file in half, as a power loss that lost its unsynced
+/// write may, then runs a mutation as if after a reboot (debug builds read
+/// `ORCHESTRATE_BOOT_ID` in place of the boot id) and checks it succeeded.
+fn tear_and_reboot(env: &TestEnv, id: &str) {
+    let bytes = env.task_bytes(id);
+    std::fs::write(env.task_path(id), &bytes[..bytes.len() / 2]).unwrap();
+    let mut cmd = env.std_cmd();
+    cmd.args(["create-task", "after the reboot", "--id", "later"])
+        .env("ORCHESTRATE_BOOT_ID", "another-boot");
+    let out = output_within(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", streams(&out));
+}
+
 /// The `commit_log_recovered` events, in order.
 fn recoveries(env: &TestEnv) -> Vec<Value> {
     event_lines(env)
@@ -175,12 +188,7 @@ fn after_a_reboot_every_committed_file_is_written_again_durably() {
     assert!(log_len(&env) > 0, "the heartbeat went through the log");
     // A power loss that lost the unsynced task file: what a kernel that
     // never wrote the page back leaves (here, the old claim, torn).
-    std::fs::write(env.task_path("t"), &committed[..committed.len() / 2]).unwrap();
-    let mut cmd = env.std_cmd();
-    cmd.args(["create-task", "after the reboot", "--id", "later"])
-        .env("ORCHESTRATE_BOOT_ID", "another-boot");
-    let out = output_within(cmd, Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0), "{}", streams(&out));
+    tear_and_reboot(&env, "t");
     assert_eq!(
         env.task_bytes("t"),
         committed,
@@ -347,12 +355,7 @@ fn a_checkpoint_reuses_the_file_and_a_reboot_replays_only_the_new_generation() {
             .collect::<Vec<_>>()
     );
     // A power loss that lost the task file's last write.
-    std::fs::write(env.task_path("t"), &committed[..committed.len() / 2]).unwrap();
-    let mut cmd = env.std_cmd();
-    cmd.args(["create-task", "after the reboot", "--id", "later"])
-        .env("ORCHESTRATE_BOOT_ID", "another-boot");
-    let out = output_within(cmd, Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0), "{}", streams(&out));
+    tear_and_reboot(&env, "t");
     assert_eq!(
         env.task_bytes("t"),
         committed,

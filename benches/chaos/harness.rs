@@ -65,6 +65,7 @@
 //! not parse, is missing, or is not `completed` (or `dead` with every attempt
 //! spent) at the end.
 
+use orchestrate::protocol::events::LogReader;
 use orchestrate::protocol::store;
 use orchestrate::{
     BatchIds, ClaimOutcome, ClaimRequest, Coordination, Error, NewTask, NotReadyReason, Report,
@@ -75,7 +76,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
@@ -933,10 +934,8 @@ fn create_tasks(
 /// Follows `events.jsonl` for progress and wave control: counts claims,
 /// completions and deaths, and the tasks whose last event left them
 /// `pending` (substring scans, no JSON parsing).
-#[derive(Default)]
 struct Tail {
-    off: u64,
-    rest: Vec<u8>,
+    reader: LogReader,
     claimed: u64,
     completed: u64,
     dead: u64,
@@ -950,37 +949,50 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl Tail {
-    fn poll(&mut self, path: &Path) {
-        let Ok(mut f) = File::open(path) else { return };
-        if f.seek(SeekFrom::Start(self.off)).is_err() {
-            return;
+    /// A follower of the whole history of `path` (rotated segments too,
+    /// `spec` 3.7), from the start.
+    fn new(path: &Path) -> Self {
+        Tail {
+            reader: LogReader::history(path),
+            claimed: 0,
+            completed: 0,
+            dead: 0,
+            pending: HashSet::new(),
         }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return;
-        }
-        self.off += buf.len() as u64;
-        self.rest.extend_from_slice(&buf);
-        let Some(last_nl) = self.rest.iter().rposition(|&b| b == b'\n') else {
-            return;
-        };
-        let done: Vec<u8> = self.rest.drain(..=last_nl).collect();
-        for line in String::from_utf8_lossy(&done).lines() {
-            match field(line, "\"event\":\"") {
-                Some("task_claimed") => self.claimed += 1,
-                Some("task_completed") => self.completed += 1,
-                Some("task_dead") => self.dead += 1,
-                _ => {}
-            }
-            if let (Some(id), Some(to)) = (field(line, "\"task_id\":\""), field(line, "\"to\":\""))
-            {
-                if to == "pending" {
-                    self.pending.insert(id.to_string());
-                } else {
-                    self.pending.remove(id);
+    }
+
+    fn poll(&mut self) {
+        let (reader, counts) = (
+            &mut self.reader,
+            (
+                &mut self.claimed,
+                &mut self.completed,
+                &mut self.dead,
+                &mut self.pending,
+            ),
+        );
+        let (claimed, completed, dead, pending) = counts;
+        let _ = reader.read_lines(
+            |line| -> std::result::Result<(), orchestrate::error::Error> {
+                let line = String::from_utf8_lossy(line);
+                match field(&line, "\"event\":\"") {
+                    Some("task_claimed") => *claimed += 1,
+                    Some("task_completed") => *completed += 1,
+                    Some("task_dead") => *dead += 1,
+                    _ => {}
                 }
-            }
-        }
+                if let (Some(id), Some(to)) =
+                    (field(&line, "\"task_id\":\""), field(&line, "\"to\":\""))
+                {
+                    if to == "pending" {
+                        pending.insert(id.to_string());
+                    } else {
+                        pending.remove(id);
+                    }
+                }
+                Ok(())
+            },
+        );
     }
 }
 
@@ -1072,8 +1084,7 @@ fn run(opts: &Opts, mode: Mode) -> BoxResult<usize> {
     };
 
     let mut failures: Vec<Violation> = Vec::new();
-    let mut tail = Tail::default();
-    let events_path = run.join("coord").join("events.jsonl");
+    let mut tail = Tail::new(&run.join("coord").join("events.jsonl"));
     let mut last_print = Instant::now();
     let mut last_claims = 0u64;
     let mut last_progress = Instant::now();
@@ -1101,7 +1112,7 @@ fn run(opts: &Opts, mode: Mode) -> BoxResult<usize> {
         if live == 0 {
             break;
         }
-        tail.poll(&events_path);
+        tail.poll();
         if tail.claimed != last_claims {
             last_claims = tail.claimed;
             last_progress = Instant::now();
@@ -1894,32 +1905,25 @@ fn check_dir(run: &Path) -> BoxResult<Check> {
     // 3. The event log, in file order.
     let mut tev: Vec<TaskEv> = vec![TaskEv::default(); n_tasks];
     let mut ev_tt: HashMap<(u32, u64), EvTT> = HashMap::new();
-    let ev_file = File::open(coord.join("events.jsonl"))?;
-    let mut reader = BufReader::with_capacity(1 << 20, ev_file);
-    let mut buf = Vec::new();
+    // The whole history: rotated segments (`spec` 3.7), then the live log.
     let mut lineno = 0u64;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
+    LogReader::history(&coord.join("events.jsonl")).read_lines(|line| -> BoxResult<()> {
         lineno += 1;
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let Some(e) = parse_event(line, &mut st) else {
-            continue;
+            return Ok(());
         };
         let Some(task_id) = e.task_id.as_deref() else {
-            continue;
+            return Ok(());
         };
         let Some(ti) = tasks.find(task_id) else {
             v.push(Violation::task(
                 task_id,
                 format!(
-                    "events.jsonl:{lineno}: event `{}` for a task no create returned",
+                    "events:{lineno}: event `{}` for a task no create returned",
                     e.event
                 ),
             ));
-            continue;
+            return Ok(());
         };
         let k = e.fencing_token.unwrap_or(0);
         let agent = e.agent_id.as_deref().map(|a| agents.intern(a));
@@ -1927,7 +1931,7 @@ fn check_dir(run: &Path) -> BoxResult<Check> {
         let mut bad = |what: String| {
             v.push(Violation::task(
                 task_id,
-                format!("events.jsonl:{lineno}: {what}"),
+                format!("events:{lineno}: {what}"),
             ))
         };
         if k < s.last_token {
@@ -2069,7 +2073,8 @@ fn check_dir(run: &Path) -> BoxResult<Check> {
         }
         s.last_token = s.last_token.max(k);
         s.last_to = e.to.clone();
-    }
+        Ok(())
+    })?;
 
     // 4. Per task: events against the final file.
     for ti in 0..n_tasks as u32 {
@@ -2356,20 +2361,22 @@ fn print_violations(run: &Path, v: &[Violation]) {
         .map(|id| (id.clone(), format!("\"task_id\":\"{id}\"")))
         .collect();
     let mut ev_lines: HashMap<String, Vec<String>> = HashMap::new();
-    if let Ok(f) = File::open(coord.join("events.jsonl")) {
-        for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
-            let Ok(line) = line else { break };
-            let s = String::from_utf8_lossy(&line);
+    let mut n = 0u64;
+    let _ = LogReader::history(&coord.join("events.jsonl")).read_lines(
+        |line| -> std::result::Result<(), orchestrate::error::Error> {
+            n += 1;
+            let s = String::from_utf8_lossy(line);
             for (id, needle) in &needles {
                 if s.contains(needle.as_str()) {
                     ev_lines
                         .entry(id.clone())
                         .or_default()
-                        .push(format!("{}: {s}", n + 1));
+                        .push(format!("{n}: {s}"));
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    );
     let mut log_lines: HashMap<String, Vec<String>> = HashMap::new();
     let killed: HashSet<String> = std::fs::read_to_string(run.join("kills.txt"))
         .unwrap_or_default()

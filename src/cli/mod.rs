@@ -39,7 +39,7 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// The coordination directory [default: $COORDINATION_DIR, else ./.coordination]
+    /// The coordination directory [default: $COORDINATION_DIR, else the nearest .coordination/ here or in a parent, as git finds .git]
     #[arg(long, global = true, value_name = "PATH")]
     pub dir: Option<PathBuf>,
     /// Print JSON on stdout instead of text: one document, or JSON Lines for streams (events, watch)

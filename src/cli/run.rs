@@ -308,10 +308,10 @@ fn progress_line(p: &Progress) -> String {
         Progress::Finished { task, agent_id } => match task.status {
             Status::Completed => format!("done     {} ({agent_id})", task.id),
             Status::Pending => format!(
-                "failed   {} ({agent_id}): {}; retrying (attempt {}/{})",
+                "failed   {} ({agent_id}): {}; retrying (attempt {}/{} next)",
                 task.id,
                 one_line(task.error.as_deref().unwrap_or("")),
-                task.attempts,
+                task.attempts + 1,
                 task.max_attempts
             ),
             s => format!(

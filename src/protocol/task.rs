@@ -569,10 +569,11 @@ impl Task {
         Ok(())
     }
 
-    /// pending -> blocked because dependency `dep` is dead or cancelled.
+    /// pending -> blocked because dependency `dep` is dead, cancelled or
+    /// blocked itself (`spec` 5.1, 5.6).
     pub fn block(&mut self, now: Timestamp, dep: &TaskId) {
         self.status = Status::Blocked;
-        self.error = Some(format!("dependency `{dep}` is dead or cancelled"));
+        self.error = Some(format!("dependency `{dep}` is dead, cancelled or blocked"));
         self.not_before = None;
         self.updated_at = now;
     }

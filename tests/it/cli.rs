@@ -988,7 +988,10 @@ fn cancel_blocks_dependents_transitively() {
     for id in [&b, &c] {
         let t = env.task_json(id);
         assert_eq!(t["status"], "blocked", "{id}");
-        assert!(t["error"].as_str().unwrap().contains("dead or cancelled"));
+        assert!(t["error"]
+            .as_str()
+            .unwrap()
+            .contains("dead, cancelled or blocked"));
     }
     assert_eq!(env.task_json(&other)["status"], "pending");
     assert_eq!(env.claim("w", &[]).id, other);

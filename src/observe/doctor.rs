@@ -304,8 +304,10 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
     // 0c. A commit log a crashed writer left (`spec` 4.8): its newest
     // commits may not be in the task files yet.
     let log_path = c.layout().commit_log();
+    let mut log_pending = false;
     if let Ok(Some(log)) = crate::protocol::commit_log::Log::open_read(&log_path) {
         if !log.is_clean(crate::protocol::index::boot_id()) {
+            log_pending = true;
             col.add(
                 "commit_log_pending",
                 Severity::Warning,
@@ -315,6 +317,39 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                 true,
             );
         }
+    }
+
+    // 0d. The files every mutation opens by name: anything but a regular
+    // file there (a directory, a FIFO, a symlink) stops every write with
+    // exit 65, so it is an error here too.
+    for path in [log_path.clone(), c.layout().clock(), c.layout().events()] {
+        let Ok(m) = crate::protocol::fsroot::symlink_metadata(&path) else {
+            continue;
+        };
+        if m.is_file() {
+            continue;
+        }
+        let what = if m.is_symlink() {
+            "a symlink"
+        } else if m.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        col.add(
+            if m.is_symlink() {
+                "symlink"
+            } else {
+                "stray_file"
+            },
+            Severity::Error,
+            &rel(&root, &path),
+            format!(
+                "{what}, where a regular file belongs: every mutation refuses to run (exit 65)"
+            ),
+            "move it to quarantine/ (the next mutation creates the file again)",
+            true,
+        );
     }
 
     // 1. Files in tasks/, the root and agents/.
@@ -681,6 +716,21 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             "nothing to do",
             false,
         );
+    }
+
+    // An interrupted writer's `begin` may have changed the index before its
+    // commit; the next mutation's recovery rebuilds it (`spec` 4.8), so
+    // that is not damage yet.
+    if log_pending {
+        for f in col
+            .findings
+            .iter_mut()
+            .filter(|f| matches!(f.kind.as_str(), "index_stale" | "index_missing"))
+        {
+            f.severity = Severity::Warning;
+            f.message
+                .push_str(" (a writer was interrupted: the next mutation rebuilds the index)");
+        }
     }
 
     Ok((col, tasks.len()))

@@ -346,11 +346,13 @@ impl Log {
     }
 
     /// True when nothing in the log needs recovery in this boot: no valid
-    /// record, or a generation whose checkpoint is of `boot_id` and whose
-    /// last valid record is `applied` or that checkpoint.
+    /// record, or a generation whose checkpoint is of `boot_id` (not empty:
+    /// an unknown boot may be another one) and whose last valid record is
+    /// `applied` or that checkpoint.
     pub fn is_clean(&self, boot_id: &str) -> bool {
         self.end == 0
-            || (self.boot_id.as_deref() == Some(boot_id)
+            || (!boot_id.is_empty()
+                && self.boot_id.as_deref() == Some(boot_id)
                 && matches!(self.last, Some(Last::Applied | Last::Checkpoint)))
     }
 
@@ -832,7 +834,10 @@ impl super::Txn<'_> {
         }
         let bytes = log.read_all()?;
         let (records, valid) = decode(&path, &bytes)?;
-        let same_boot = matches!(records.first(), Some((Record::Checkpoint { boot_id, .. }, _)) if boot_id == boot);
+        // An unknown boot (empty id) may be another one: only a known,
+        // equal id proves that the kernel kept the unsynced writes.
+        let same_boot = !boot.is_empty()
+            && matches!(records.first(), Some((Record::Checkpoint { boot_id, .. }, _)) if boot_id == boot);
         let commits = |from: usize| -> Vec<&TaskWrite> {
             records[from..]
                 .iter()

@@ -381,7 +381,11 @@ impl Coordination {
             .ok_or_else(|| Error::NotInitialized(layout.root().to_path_buf()))?;
         refuse_symlinked_dirs(&layout)?;
         let index = Index::new(layout.index_dir());
+        // Without a boot id a writer cannot tell a crash from a reboot, and
+        // taking a reboot for a crash would lose unsynced task files
+        // (`spec` 4.8): such a writer stays on 4.2.
         let commit_log = config.durability == Durability::Durable
+            && !crate::protocol::index::boot_id().is_empty()
             && crate::protocol::watch::shared_fs_kind(layout.root()).is_none()
             && std::env::var_os("ORCHESTRATE_COMMIT_LOG").is_none_or(|v| v != "0");
         Ok(Coordination {

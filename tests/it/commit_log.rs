@@ -285,8 +285,9 @@ fn archive_checkpoints_first_and_a_crash_there_loses_nothing() {
 fn doctor_reports_a_log_left_by_a_crash_and_fix_recovers_it() {
     let env = setup();
     crash_after_commit(&env);
-    // The index the crashed writer had changed is stale too (exit 65).
-    let v = env.json(&["doctor", "--json"], 65);
+    // The index the crashed writer had changed is stale too, which the next
+    // mutation repairs: warnings, not damage (exit 0).
+    let v = env.json(&["doctor", "--json"], 0);
     let kinds: Vec<&str> = v["findings"]
         .as_array()
         .expect("findings")
@@ -364,4 +365,90 @@ fn a_checkpoint_reuses_the_file_and_a_reboot_replays_only_the_new_generation() {
     let r = recoveries(&env);
     assert_eq!((r.len(), &r[0]["task_files"]), (1, &json!(1)), "{r:?}");
     check_readers(&env).unwrap();
+}
+
+#[test]
+fn without_a_boot_id_the_log_is_not_used_and_an_old_one_is_replayed_whole() {
+    // A writer that cannot read a boot id cannot tell a crash from a
+    // reboot, so it writes task files durably itself (spec 4.2)...
+    let env = setup();
+    let no_boot = |args: &[&str]| {
+        let mut cmd = env.std_cmd();
+        cmd.args(args).env("ORCHESTRATE_BOOT_ID", "");
+        let out = output_within(cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", streams(&out));
+    };
+    no_boot(&["complete", "t", "--token", "1", "--result", "r"]);
+    assert_eq!(env.task_json("t")["status"], "completed");
+    assert!(
+        !log_records(&env)
+            .iter()
+            .any(|r| matches!(r, Record::Commit { .. }) && format!("{r:?}").contains("\\\"r\\\"")),
+        "the completion went through the log without a boot id"
+    );
+    // ...and takes a log whose checkpoint names no boot for one left
+    // before a reboot: every commit in it is written again, not only those
+    // after the last `applied`.
+    let committed = env.task_bytes("t");
+    let mut log = commit_log::encode(
+        &Record::Checkpoint {
+            boot_id: String::new(),
+            salt: "00000000000000aa".into(),
+        },
+        "",
+    )
+    .unwrap();
+    for r in [
+        Record::Begin,
+        Record::Commit {
+            tasks: vec![commit_log::TaskWrite {
+                id: "t".into(),
+                content: String::from_utf8(committed.clone()).unwrap(),
+            }],
+        },
+        Record::Applied,
+    ] {
+        log.extend(commit_log::encode(&r, "00000000000000aa").unwrap());
+    }
+    std::fs::write(env.dir().join("commit.log"), &log).unwrap();
+    std::fs::write(env.task_path("t"), &committed[..committed.len() / 2]).unwrap();
+    // (The `complete` above already took setup's log for one of another
+    // boot: one recovery.)
+    let before = recoveries(&env).len();
+    no_boot(&["create-task", "after", "--id", "later"]);
+    assert_eq!(
+        env.task_bytes("t"),
+        committed,
+        "the commit was not replayed"
+    );
+    let r = recoveries(&env);
+    assert_eq!(r.len(), before + 1, "{r:?}");
+    assert_eq!(r[before]["reason"], "reboot", "{}", r[before]);
+}
+
+#[test]
+fn doctor_reports_a_commit_log_that_is_not_a_regular_file_and_fix_moves_it() {
+    let env = setup();
+    let log = env.dir().join("commit.log");
+    std::fs::remove_file(&log).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    // Every mutation refuses to run...
+    env.expect(&["heartbeat", "t", "--token", "1"], 65);
+    // ...and doctor says so, as damage.
+    let v = env.json(&["doctor", "--json"], 65);
+    assert!(
+        v["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .any(|f| f["file"] == "commit.log" && f["severity"] == "error"),
+        "{v}"
+    );
+    env.json(&["doctor", "--fix", "--json"], 0);
+    env.ok(&["heartbeat", "t", "--token", "1"]);
+    assert!(
+        log.is_file(),
+        "the next mutation did not create the log again"
+    );
+    env.json(&["doctor", "--json"], 0);
 }

@@ -756,7 +756,11 @@ impl super::Txn<'_> {
         let log = self.open_log()?;
         let applied = encode(&Record::Applied, log.salt())?;
         log.append(&applied)?;
-        if log.len() > CHECKPOINT_BYTES {
+        let full = log.len() > CHECKPOINT_BYTES;
+        // A later stage of this mutation (after a flush before a listing)
+        // changes the index again: it must append a `begin` of its own.
+        self.began = false;
+        if full {
             self.checkpoint()?;
         }
         Ok(())
@@ -848,13 +852,27 @@ impl super::Txn<'_> {
                 .flatten()
                 .collect()
         };
+        let last_applied = records
+            .iter()
+            .rposition(|(r, _)| matches!(r, Record::Applied))
+            .map_or(0, |i| i + 1);
+        // The index is changed before the commit, after `begin`: only a
+        // `begin` with no `commit` after it can have left index entries of
+        // a mutation that did not happen. A crash after the commit left the
+        // index as the commit says, so the replay needs no rebuild (which
+        // reads every task file).
+        let index_touched = records[last_applied..]
+            .iter()
+            .rev()
+            .find_map(|(r, _)| match r {
+                Record::Begin => Some(true),
+                Record::Commit { .. } => Some(false),
+                _ => None,
+            })
+            .unwrap_or(false);
         let (reason, written) = if same_boot {
             debug_assert_eq!(valid, log.len());
             log.cut_tail()?;
-            let last_applied = records
-                .iter()
-                .rposition(|(r, _)| matches!(r, Record::Applied))
-                .map_or(0, |i| i + 1);
             let pending = commits(last_applied);
             if !pending.is_empty() {
                 log.sync()?;
@@ -873,7 +891,9 @@ impl super::Txn<'_> {
             crate::protocol::store::sync_fs(&self.c.layout.tasks_dir())?;
             log.truncate(0)?;
         }
-        self.c.index.mark_stale();
+        if index_touched || !same_boot {
+            self.c.index.mark_stale();
+        }
         let mut e = crate::protocol::events::Event::new("commit_log_recovered", self.now);
         e.detail.insert("reason".into(), reason.into());
         e.detail.insert("task_files".into(), written.into());

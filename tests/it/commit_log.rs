@@ -100,6 +100,14 @@ fn recoveries(env: &TestEnv) -> Vec<Value> {
         .collect()
 }
 
+/// The number of `index_rebuilt` events.
+fn rebuilds(env: &TestEnv) -> usize {
+    event_lines(env)
+        .iter()
+        .filter(|l| l.contains("\"event\":\"index_rebuilt\""))
+        .count()
+}
+
 /// Both files of the report-and-claim, as the commit says.
 fn assert_committed(env: &TestEnv) {
     let t = env.task_json("t");
@@ -116,6 +124,7 @@ fn assert_committed(env: &TestEnv) {
 fn a_crash_after_the_commit_point_is_finished_by_the_next_mutation() {
     let env = setup();
     let before = env.snapshot();
+    let built = rebuilds(&env); // the one `init` made
     crash_after_commit(&env);
     // Readers see the old files until a writer recovers.
     check_readers(&env).unwrap();
@@ -127,6 +136,10 @@ fn a_crash_after_the_commit_point_is_finished_by_the_next_mutation() {
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0]["reason"], "crash", "{}", r[0]);
     assert_eq!(r[0]["task_files"], 2, "{}", r[0]);
+    // The index already said what the commit says: kept, not rebuilt
+    // (a rebuild reads every task file), and consistent.
+    assert_eq!(rebuilds(&env), built, "the replay rebuilt the index");
+    env.json(&["doctor", "--json"], 0);
     // Clean again: the next mutation recovers nothing.
     env.ok(&["create-task", "later still", "--id", "later2"]);
     assert_eq!(recoveries(&env).len(), 1);
@@ -450,5 +463,25 @@ fn doctor_reports_a_commit_log_that_is_not_a_regular_file_and_fix_moves_it() {
         log.is_file(),
         "the next mutation did not create the log again"
     );
+    env.json(&["doctor", "--json"], 0);
+}
+
+#[test]
+fn a_crash_between_begin_and_the_commit_rebuilds_the_index() {
+    // The claim took u's ready entry out of the index, then died before
+    // its commit: u is still pending, and only a rebuild puts it back.
+    let env = setup();
+    let built = rebuilds(&env); // the one `init` made
+    crash(
+        &env,
+        &["claim", "--agent", "a2", "u"],
+        "before_log_append",
+        &[],
+    );
+    assert_eq!(env.task_json("u")["status"], "pending");
+    env.ok(&["create-task", "later", "--id", "later"]);
+    assert_eq!(rebuilds(&env), built + 1, "the index was not rebuilt");
+    let c = env.claim("a3", &["u"]);
+    assert_eq!(c.token, 1);
     env.json(&["doctor", "--json"], 0);
 }

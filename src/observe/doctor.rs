@@ -718,9 +718,11 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         );
     }
 
-    // An interrupted writer's `begin` may have changed the index before its
-    // commit; the next mutation's recovery rebuilds it (`spec` 4.8), so
-    // that is not damage yet.
+    // An interrupted writer may have changed the index before its commit
+    // (recovery then rebuilds it) or after it (recovery replays the commit
+    // into the task files, which then agree with the index); either way
+    // the next mutation's recovery settles it (`spec` 4.8), so that is not
+    // damage yet.
     if log_pending {
         for f in col
             .findings
@@ -729,7 +731,7 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         {
             f.severity = Severity::Warning;
             f.message
-                .push_str(" (a writer was interrupted: the next mutation rebuilds the index)");
+                .push_str( " (a writer was interrupted: the next mutation's recovery makes the task files and the index agree)");
         }
     }
 

@@ -305,19 +305,33 @@ impl Coordination {
         let layout = Layout::new(std::path::absolute(&dir).unwrap_or(dir));
         // The directory itself may be a symlink (to shared storage); only
         // what is inside it must not be.
-        if !layout.root().exists() {
+        let made_root = !layout.root().exists();
+        if made_root {
             store::create_dir(layout.root())?;
         }
+        let mode_before = std::fs::metadata(layout.root())
+            .map(|m| m.permissions())
+            .ok();
         let _root = crate::protocol::fsroot::register(layout.root())
             .map_err(|e| Error::io("open directory", layout.root(), e))?;
-        match sharing {
-            Sharing::Group => store::make_group_shared(layout.root())?,
-            Sharing::Private => store::make_private(layout.root())?,
-            Sharing::Default => {}
-        }
+        let shared = match sharing {
+            Sharing::Group => store::make_group_shared(layout.root()),
+            Sharing::Private => store::make_private(layout.root()),
+            Sharing::Default => Ok(()),
+        };
         // The check `open` makes below, made before anything is written:
-        // a directory we would then refuse is left as it was (spec 4.7).
-        crate::protocol::trust::check(layout.root())?;
+        // a directory we would then refuse is left as it was (spec 4.7),
+        // and one this call made is removed again. (A group-shared
+        // directory can be refused: it inherits its group from a setgid
+        // parent, and the user need not be in that group.)
+        if let Err(e) = shared.and_then(|()| crate::protocol::trust::check(layout.root())) {
+            if made_root {
+                let _ = std::fs::remove_dir(layout.root());
+            } else if let Some(p) = mode_before {
+                let _ = std::fs::set_permissions(layout.root(), p);
+            }
+            return Err(e);
+        }
         let _guard = lock::acquire(
             &layout.lock(),
             Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),

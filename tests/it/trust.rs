@@ -479,9 +479,31 @@ fn init_refuses_a_directory_it_would_not_trust_before_writing_anything() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let left: Vec<_> = std::fs::read_dir(gs.join(".coordination"))
-        .unwrap()
-        .collect();
+    // The directory this call made is gone again: nothing changed on disk.
+    assert!(
+        !gs.join(".coordination").exists(),
+        "init left a directory behind after refusing it"
+    );
+    // One that was there already keeps its mode and gets no files.
+    let pre = gs.join("pre");
+    std::fs::create_dir(&pre).unwrap();
+    std::fs::set_permissions(&pre, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = Command::new(bin())
+        .env_remove("COORDINATION_DIR")
+        .env_remove("ORCHESTRATE_SAFE_DIRS")
+        .args(["init", "g", "--group-shared", "--dir"])
+        .arg(&pre)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = std::fs::metadata(&pre).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o750, "mode not restored");
+    let left: Vec<_> = std::fs::read_dir(&pre).unwrap().collect();
     assert!(
         left.is_empty(),
         "init wrote files before refusing: {left:?}"

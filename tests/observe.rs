@@ -183,6 +183,15 @@ fn metrics_match_a_scripted_history_and_pass_the_real_parser() {
             eprintln!("promtool not installed here; .ci/run installs it and this check runs there")
         }
     }
+    // Archived tasks leave the state counts and are counted on their own.
+    assert_eq!(m["archived"], 0);
+    e.ok(&["archive", "--older-than", "0s", "-s", "completed"]);
+    let m = e.json(&["metrics", "--json"]);
+    assert_eq!(m["archived"], 2);
+    assert_eq!(m["tasks_by_state"]["completed"], 0);
+    assert_eq!(m["counters"]["completions"], 2);
+    let text = e.ok(&["metrics"]);
+    assert!(text.contains("orchestrate_archived_tasks 2\n"), "{text}");
 }
 
 #[test]

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub tasks_by_state: BTreeMap<String, u64>,
     /// Tasks a claim could take now.
     pub ready: u64,
+    /// Tasks moved to `archive/` (`spec` 18), which `tasks_by_state` no
+    /// longer counts.
+    pub archived: u64,
     /// Agents holding at least one live lease.
     pub active_agents: u64,
     /// Counters from the event log.
@@ -356,6 +359,7 @@ pub fn collect(c: &Coordination) -> Result<Metrics> {
             .map(|(k, v)| (k.clone(), *v as u64))
             .collect(),
         ready: status.ready as u64,
+        archived: c.count_archived()?,
         active_agents: status.agents.len() as u64,
         completed_last_minute: fold.completed_within(now_ms, 60_000),
         completed_last_hour: fold.completed_within(now_ms, 3_600_000),
@@ -388,6 +392,12 @@ impl Metrics {
             "orchestrate_ready_tasks",
             "Tasks a claim could take now.",
             self.ready as f64,
+        );
+        gauge(
+            &mut s,
+            "orchestrate_archived_tasks",
+            "Tasks moved to archive/ (not in orchestrate_tasks).",
+            self.archived as f64,
         );
         gauge(
             &mut s,
@@ -488,6 +498,7 @@ impl Metrics {
             "timestamp": self.timestamp,
             "tasks_by_state": self.tasks_by_state,
             "ready": self.ready,
+            "archived": self.archived,
             "counters": self.counters,
             "histograms": {
                 "bucket_bounds_seconds": BUCKETS_S,

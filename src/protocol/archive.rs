@@ -143,6 +143,30 @@ impl Coordination {
         crate::protocol::fsroot::symlink_metadata(&self.layout.archived_task(id)).is_ok()
     }
 
+    /// The number of archived tasks: the `<id>.json` names in `archive/`
+    /// (`spec` 18), leaving out a task whose file is also still in `tasks/`
+    /// (an archive interrupted by a crash, 18.2), as
+    /// [`Coordination::for_each_archived`] does. Names only: no file is
+    /// read, so this stays cheap however large the archive grows. 0 when
+    /// `archive/` does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `archive/` exists but cannot be listed.
+    pub fn count_archived(&self) -> Result<u64> {
+        let dir = self.layout.archive_dir();
+        if !crate::protocol::fsroot::exists(&dir) {
+            return Ok(0);
+        }
+        let names = crate::protocol::fsroot::read_dir(&dir)
+            .map_err(|e| Error::io("list directory", &dir, e))?;
+        Ok(names
+            .iter()
+            .filter_map(|(name, _)| name.to_str()?.strip_suffix(".json"))
+            .filter_map(|stem| TaskId::new(stem).ok())
+            .filter(|id| crate::protocol::fsroot::symlink_metadata(&self.layout.task(id)).is_err())
+            .count() as u64)
+    }
+
     /// Calls `f` with each archived task (or the error reading its file), in
     /// directory order, one at a time (memory does not grow with the
     /// archive). A task whose file is also still in `tasks/` (an archive

@@ -1403,3 +1403,37 @@ fn logs_follow_ends_when_the_holders_lease_has_run_out() {
         start.elapsed()
     );
 }
+
+#[test]
+fn the_results_summary_marks_a_result_with_more_lines() {
+    let env = Env::new();
+    let tasks = env.write(
+        "t.json",
+        &json!([{"id": "two", "description": "x", "command": "echo first; echo second"},
+                {"id": "one", "description": "x", "command": "echo only"}]),
+    );
+    let out = env
+        .cmd()
+        .args([
+            "--json",
+            "run",
+            "g",
+            "--agent",
+            "shell",
+            "--no-plan",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["summary_by"], "results");
+    let s = r["summary"].as_str().unwrap();
+    assert!(s.contains("- two (completed): first …\n"), "{s}");
+    assert!(
+        s.contains("- one (completed): only\n") || s.ends_with("- one (completed): only"),
+        "{s}"
+    );
+}

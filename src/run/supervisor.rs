@@ -1149,8 +1149,15 @@ pub fn results_summary(r: &RunReport) -> String {
     );
     for t in r.tasks.iter().take(SUMMARY_TASKS) {
         let text = outcome_text(t);
-        let first = text.trim().lines().next().unwrap_or("").trim().to_string();
-        s += &format!("- {} ({}): {}\n", t.id, t.status, cut(&first, 200));
+        let mut lines = text.trim().lines();
+        let first = cut(lines.next().unwrap_or("").trim(), 200);
+        // Say that there is more (the run's table and `show` have it all).
+        let more = if lines.next().is_some() && !first.ends_with('…') {
+            " …"
+        } else {
+            ""
+        };
+        s += &format!("- {} ({}): {first}{more}\n", t.id, t.status);
     }
     if r.tasks.len() > SUMMARY_TASKS {
         s += &format!("- ... and {} more tasks\n", r.tasks.len() - SUMMARY_TASKS);

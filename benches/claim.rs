@@ -23,11 +23,13 @@
 //! 2. `cli`: latency of `orchestrate claim --json` (a fresh process per
 //!    claim) with 100 and with `--cli-large` (100,000) tasks queued; an
 //!    untimed library create after each claim keeps the queue at its size.
-//! 3. `contend`: 4 processes (this executable re-run with the hidden
-//!    `--child DIR AGENT`) claim+complete over one durable queue; the event
-//!    log is then checked for double claims and lost completions. One
-//!    process alone on a quarter of the queue is measured just before, as a
-//!    same-conditions reference.
+//! 3. `contend`: 4, then 16 processes (this executable re-run with the
+//!    hidden `--child DIR AGENT`) claim+complete over one durable queue; the
+//!    event log is then checked for double claims and lost completions, and
+//!    the least-served process's share of an equal share is printed. The
+//!    same number of processes then do the same on SQLite (`--child-sqlite
+//!    DB AGENT`). One process alone on a quarter of the queue is measured
+//!    first, as a same-conditions reference.
 //!
 //! Queues are created in `relaxed` mode, flushed with sync(2), then switched
 //! to the durability measured (by editing `config.json` and re-opening).
@@ -59,8 +61,8 @@ type BoxResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Lease granted by every claim; long enough that nothing expires mid-run.
 const LEASE_MS: u64 = 300_000;
-/// Number of contending processes in scenario 3.
-const PROCS: usize = 4;
+/// Numbers of contending processes in scenario 3, one run each.
+const PROCS: &[usize] = &[4, 16];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -193,6 +195,13 @@ const WARMUP: usize = 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child-sqlite") {
+        if let Err(e) = child_sqlite(&args[1..]) {
+            eprintln!("child: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) == Some("--child") {
         if let Err(e) = child(&args[1..]) {
             eprintln!("child: {e}");
@@ -1172,14 +1181,49 @@ fn child(args: &[String]) -> BoxResult<()> {
     Ok(())
 }
 
+/// Child process, the SQLite baseline of [`child`]: claim then complete,
+/// one `BEGIN IMMEDIATE` transaction each (WAL, `synchronous=FULL`, a 60 s
+/// busy timeout), until nothing is pending; prints the cycles done.
+fn child_sqlite(args: &[String]) -> BoxResult<()> {
+    let [db, agent] = args else {
+        return Err("usage: --child-sqlite DB AGENT".into());
+    };
+    let conn = Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(60))?;
+    // synchronous is a per-connection setting.
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    let mut db = Sqlite {
+        conn,
+        agent: agent.clone(),
+    };
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    let mut n = 0u64;
+    while let Some((id, token)) = db.claim()? {
+        db.complete(&id, token)?;
+        n += 1;
+    }
+    writeln!(stdout, "{n}")?;
+    Ok(())
+}
+
 /// Starts `procs` children on `dir`, releases them together, and returns
 /// (cycles per child, seconds from release to the last exit).
 fn run_children(dir: &Path, procs: usize) -> BoxResult<(Vec<u64>, f64)> {
+    run_children_as("--child", dir, procs)
+}
+
+/// [`run_children`] with the child's mode flag: `--child` (ours, on a
+/// coordination directory) or `--child-sqlite` (on a database file).
+fn run_children_as(mode: &str, dir: &Path, procs: usize) -> BoxResult<(Vec<u64>, f64)> {
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for k in 0..procs {
         let mut ch = Command::new(&exe)
-            .arg("--child")
+            .arg(mode)
             .arg(dir)
             .arg(format!("agent-{k}"))
             .stdin(Stdio::piped())
@@ -1211,23 +1255,64 @@ fn run_children(dir: &Path, procs: usize) -> BoxResult<(Vec<u64>, f64)> {
 }
 
 fn scenario_contend(root: &Path, o: &Opts, single: Option<f64>) -> BoxResult<()> {
-    println!();
-    println!(
-        "== 3. {PROCS} processes contending, durable, {} tasks queued ==",
-        o.contend_tasks
-    );
     // Reference under the same conditions: one child process alone.
-    let ref_tasks = (o.contend_tasks / PROCS).max(1);
+    let ref_tasks = (o.contend_tasks / PROCS[0]).max(1);
     let ref_dir = root.join("contend-1proc");
     make_queue(&ref_dir, ref_tasks, "durable")?;
     let (ref_done, ref_secs) = run_children(&ref_dir, 1)?;
     let ref_rate = ref_done.iter().sum::<u64>() as f64 / ref_secs;
+    let mut ok = true;
+    for &procs in PROCS {
+        ok &= contend(root, o, procs, single, (ref_tasks, ref_rate))?;
+    }
+    if !ok {
+        return Err("contention check failed".into());
+    }
+    Ok(())
+}
 
-    let dir = root.join("contend");
+/// The least-served process's share of an equal share: `min / (sum / n)`.
+fn fairness(per_child: &[u64]) -> f64 {
+    let total: u64 = per_child.iter().sum();
+    let min = per_child.iter().copied().min().unwrap_or(0);
+    if total == 0 {
+        return 0.0;
+    }
+    min as f64 / (total as f64 / per_child.len() as f64)
+}
+
+/// One contention run with `procs` processes, ours then SQLite's on the
+/// same number of tasks; prints the table, returns whether every check
+/// held.
+fn contend(
+    root: &Path,
+    o: &Opts,
+    procs: usize,
+    single: Option<f64>,
+    (ref_tasks, ref_rate): (usize, f64),
+) -> BoxResult<bool> {
+    println!();
+    println!(
+        "== 3. {procs} processes contending, durable, {} tasks queued ==",
+        o.contend_tasks
+    );
+    let dir = root.join(format!("contend-{procs}"));
     let (c, _) = make_queue(&dir, o.contend_tasks, "durable")?;
-    let (per_child, secs) = run_children(&dir, PROCS)?;
+    let (per_child, secs) = run_children(&dir, procs)?;
     let total: u64 = per_child.iter().sum();
     let rate = total as f64 / secs;
+
+    // The SQLite baseline: the same number of processes and tasks.
+    let db = root.join(format!("sqlite-contend-{procs}.db"));
+    drop(Sqlite::create(&db, o.contend_tasks)?);
+    let (sq_child, sq_secs) = run_children_as("--child-sqlite", &db, procs)?;
+    let sq_total: u64 = sq_child.iter().sum();
+    let sq_rate = sq_total as f64 / sq_secs;
+    let sq_done: i64 = Connection::open(&db)?.query_row(
+        "SELECT count(*) FROM tasks WHERE status = 'completed'",
+        [],
+        |r| r.get(0),
+    )?;
 
     // Check the history: no (task, token) claimed twice, one completion per task.
     let evs = events::read_all(&c.layout().events())?;
@@ -1261,18 +1346,34 @@ fn scenario_contend(root: &Path, o: &Opts, single: Option<f64>) -> BoxResult<()>
         .iter()
         .filter(|t| t.status == orchestrate::Status::Completed)
         .count();
+    let per = |v: &[u64]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
 
     println!("{:<44} {:>10}", "measure", "value");
     println!("{:<44} {:>10.0}", "aggregate cycles/s", rate);
     println!("{:<44} {:>10.2}", "wall time s", secs);
+    println!("{:<44} {:>10}", "cycles per process", per(&per_child));
     println!(
-        "{:<44} {:>10}",
-        "cycles per process",
-        per_child
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join("/")
+        "{:<44} {:>10.2}",
+        "least-served process / equal share",
+        fairness(&per_child)
+    );
+    println!(
+        "{:<44} {:>10.0}   ({:.2} s; per process {}; least-served / equal share {:.2})",
+        "sqlite WAL FULL aggregate cycles/s",
+        sq_rate,
+        sq_secs,
+        per(&sq_child),
+        fairness(&sq_child)
+    );
+    println!(
+        "{:<44} {:>10.2}",
+        "ratio aggregate ours / sqlite",
+        rate / sq_rate
     );
     match single {
         Some(s) => println!(
@@ -1309,10 +1410,9 @@ fn scenario_contend(root: &Path, o: &Opts, single: Option<f64>) -> BoxResult<()>
         && not_once == 0
         && total as usize == o.contend_tasks
         && files_done == o.contend_tasks
-        && claimed_tasks.len() == o.contend_tasks;
+        && claimed_tasks.len() == o.contend_tasks
+        && sq_total as usize == o.contend_tasks
+        && sq_done as usize == o.contend_tasks;
     println!("check: {}", if ok { "OK" } else { "FAILED" });
-    if !ok {
-        return Err("contention check failed".into());
-    }
-    Ok(())
+    Ok(ok)
 }

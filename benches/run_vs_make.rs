@@ -4,7 +4,9 @@
 //! Run: `cargo bench --bench run_vs_make` (optionally `-- --tasks N`, and
 //! `--baseline PATH` to time another `orchestrate` binary in the same rounds).
 //! The DAG: 10 layers of N/10 tasks; every task of layer k > 0 depends on
-//! two tasks of layer k-1. Each task's command is `true`.
+//! two tasks of layer k-1. Each task's command is `true`. Then, when GNU
+//! `parallel` is installed, N independent no-ops against `parallel -j4`
+//! (issue 15's second figure).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,6 +96,34 @@ fn time(mut c: Command) -> Duration {
     d
 }
 
+/// `n` independent no-op tasks (no dependencies), for the comparison with
+/// GNU parallel.
+fn write_flat(dir: &Path, n: usize) -> PathBuf {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| serde_json::json!({"id": format!("f{i}"), "description": "no-op", "command": "true"}))
+        .collect();
+    let tf = dir.join("flat.json");
+    std::fs::write(&tf, serde_json::to_vec(&tasks).unwrap()).unwrap();
+    tf
+}
+
+/// GNU parallel running `true` `n` times, 4 jobs at a time; `None` when
+/// `parallel` is not installed (`apt-get install parallel`).
+fn parallel_cmd(n: usize) -> Option<Command> {
+    let ok = Command::new("parallel")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| {
+        let mut c = Command::new("parallel");
+        c.args(["--will-cite", "-j4", "true", ":::"])
+            .args((0..n).map(|i| i.to_string()));
+        c
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n = args
@@ -114,6 +144,28 @@ fn main() {
         .position(|a| a == "--baseline")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
+    let flat = write_flat(root.path(), n);
+    let mut pairs = Vec::new();
+    for round in 0..3 {
+        let Some(p) = parallel_cmd(n) else {
+            println!("GNU parallel is not installed: its comparison is left out");
+            break;
+        };
+        let work = root.path().join(format!("flat-{round}"));
+        let ours = time(run_cmd(&orchestrate_bin(), &work, "durable", &flat));
+        pairs.push((ours, time(p)));
+    }
+    if !pairs.is_empty() {
+        let mut ours: Vec<_> = pairs.iter().map(|p| p.0).collect();
+        let mut theirs: Vec<_> = pairs.iter().map(|p| p.1).collect();
+        ours.sort();
+        theirs.sort();
+        let (o, p) = (ours[1].as_secs_f64(), theirs[1].as_secs_f64());
+        println!(
+            " durable: {n} independent no-ops: orchestrate run {o:.3} s, parallel -j4 {p:.3} s, ratio {:.2} (median of 3; target <= 1.0)",
+            o / p
+        );
+    }
     for durability in ["durable", "relaxed"] {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();

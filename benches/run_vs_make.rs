@@ -57,6 +57,7 @@ fn run_cmd(bin: &Path, work: &Path, durability: &str, tf: &Path) -> Command {
         .arg("--dir")
         .arg(&coord)
         .args(["init", "bench"])
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(st.success());

@@ -1147,6 +1147,16 @@ fn scenario_cli(root: &Path, o: &Opts) -> BoxResult<()> {
 
 // ---------------------------------------------------------------- scenario 3
 
+/// A child's start: says `ready` on `stdout`, then waits for the parent's
+/// line on stdin, so that every child starts its loop at once.
+fn wait_for_go(stdout: &mut std::io::Stdout) -> BoxResult<()> {
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    Ok(())
+}
+
 /// Child process: claim+complete until nothing is pending, then print the
 /// number of cycles done.
 fn child(args: &[String]) -> BoxResult<()> {
@@ -1160,10 +1170,7 @@ fn child(args: &[String]) -> BoxResult<()> {
         ..Default::default()
     };
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go)?;
+    wait_for_go(&mut stdout)?;
     let mut n = 0u64;
     loop {
         match c.claim(&req)? {
@@ -1197,10 +1204,7 @@ fn child_sqlite(args: &[String]) -> BoxResult<()> {
         agent: agent.clone(),
     };
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go)?;
+    wait_for_go(&mut stdout)?;
     let mut n = 0u64;
     while let Some((id, token)) = db.claim()? {
         db.complete(&id, token)?;

@@ -466,19 +466,24 @@ fn init_refuses_a_directory_it_would_not_trust_before_writing_anything() {
     std::fs::create_dir(&gs).unwrap();
     std::os::unix::fs::chown(&gs, None, Some(65534)).unwrap();
     std::fs::set_permissions(&gs, std::fs::Permissions::from_mode(0o2775)).unwrap();
-    let out = Command::new(bin())
-        .current_dir(&gs)
-        .env_remove("COORDINATION_DIR")
-        .env_remove("ORCHESTRATE_SAFE_DIRS")
-        .args(["init", "g", "--group-shared"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(74),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `init --group-shared` in `cwd` (with `extra` flags): refused, 74.
+    let refused = |cwd: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(bin())
+            .current_dir(cwd)
+            .env_remove("COORDINATION_DIR")
+            .env_remove("ORCHESTRATE_SAFE_DIRS")
+            .args(["init", "g", "--group-shared"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(74),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    refused(&gs, &[]);
     // The directory this call made is gone again: nothing changed on disk.
     assert!(
         !gs.join(".coordination").exists(),
@@ -488,19 +493,7 @@ fn init_refuses_a_directory_it_would_not_trust_before_writing_anything() {
     let pre = gs.join("pre");
     std::fs::create_dir(&pre).unwrap();
     std::fs::set_permissions(&pre, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let out = Command::new(bin())
-        .env_remove("COORDINATION_DIR")
-        .env_remove("ORCHESTRATE_SAFE_DIRS")
-        .args(["init", "g", "--group-shared", "--dir"])
-        .arg(&pre)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(74),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused(&gs, &["--dir".as_ref(), pre.as_os_str()]);
     let m = std::fs::metadata(&pre).unwrap();
     assert_eq!(m.permissions().mode() & 0o7777, 0o750, "mode not restored");
     let left: Vec<_> = std::fs::read_dir(&pre).unwrap().collect();

@@ -730,8 +730,10 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             .filter(|f| matches!(f.kind.as_str(), "index_stale" | "index_missing"))
         {
             f.severity = Severity::Warning;
-            f.message
-                .push_str( " (a writer was interrupted: the next mutation's recovery makes the task files and the index agree)");
+            f.message.push_str(
+                " (a writer was interrupted: the next mutation's recovery \
+                 makes the task files and the index agree)",
+            );
         }
     }
 

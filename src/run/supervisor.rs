@@ -1150,9 +1150,11 @@ pub fn results_summary(r: &RunReport) -> String {
     for t in r.tasks.iter().take(SUMMARY_TASKS) {
         let text = outcome_text(t);
         let mut lines = text.trim().lines();
-        let first = cut(lines.next().unwrap_or("").trim(), 200);
-        // Say that there is more (the run's table and `show` have it all).
-        let more = if lines.next().is_some() && !first.ends_with('…') {
+        let line = lines.next().unwrap_or("").trim();
+        let first = cut(line, 200);
+        // Say that there is more (the run's table and `show` have it all),
+        // unless the cut already does.
+        let more = if lines.next().is_some() && line.chars().count() <= 200 {
             " …"
         } else {
             ""

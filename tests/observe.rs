@@ -192,6 +192,32 @@ fn metrics_match_a_scripted_history_and_pass_the_real_parser() {
     assert_eq!(m["counters"]["completions"], 2);
     let text = e.ok(&["metrics"]);
     assert!(text.contains("orchestrate_archived_tasks 2\n"), "{text}");
+    // What is not a regular file there is not a task (spec 2).
+    let archive = e.coord().join("archive");
+    std::fs::create_dir(archive.join("zz.json")).unwrap();
+    std::os::unix::fs::symlink("a.json", archive.join("lk.json")).unwrap();
+    std::fs::write(archive.join("notes.txt"), "x").unwrap();
+    assert_eq!(e.json(&["metrics", "--json"])["archived"], 2);
+    // An archive/ that is not a directory is bad data (65), not I/O.
+    let tmp = e.coord().join("archive.moved");
+    std::fs::rename(&archive, &tmp).unwrap();
+    std::fs::write(&archive, "not a directory").unwrap();
+    e.cmd().args(["metrics"]).assert().code(65);
+    // doctor says so, and --fix moves it to quarantine/.
+    let out = e.cmd().args(["doctor", "--json"]).assert().code(65);
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["file"] == "archive" && f["severity"] == "error"),
+        "{v}"
+    );
+    e.cmd().args(["doctor", "--fix"]).assert().success();
+    assert!(!archive.exists());
+    std::fs::rename(&tmp, &archive).unwrap();
+    assert_eq!(e.json(&["metrics", "--json"])["archived"], 2);
 }
 
 #[test]

@@ -1048,8 +1048,13 @@ fn run(opts: &Opts, mode: Mode) -> BoxResult<usize> {
     let setup_s = t0.elapsed().as_secs_f64();
     println!("chaos: created {first} tasks in {setup_s:.1} s; starting workers");
 
+    // Workers run a copy of this executable, so that a rebuild of the bench
+    // during a long run (cargo replaces the file) cannot stop replacements
+    // from starting or mix two builds in one run.
+    let exe = run.join("worker-exe");
+    std::fs::copy(std::env::current_exe()?, &exe)?;
     let sh = Arc::new(Shared {
-        exe: std::env::current_exe()?,
+        exe,
         run: run.clone(),
         coord: run.join("coord"),
         seed: opts.seed,

@@ -352,6 +352,28 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         );
     }
 
+    // 0e. archive/ that is not a directory: `metrics` (65), `list
+    // --archived` and `archive` (74) stop on it.
+    let archive = c.layout().archive_dir();
+    if let Ok(m) = crate::protocol::fsroot::symlink_metadata(&archive) {
+        if !m.is_dir() {
+            col.add(
+                if m.is_symlink() {
+                    "symlink"
+                } else {
+                    "stray_file"
+                },
+                Severity::Error,
+                &rel(&root, &archive),
+                "not a directory, where archive/ belongs: metrics, list --archived \
+                 and archive cannot run"
+                    .to_string(),
+                "move it to quarantine/ (the next archive creates the directory again)",
+                true,
+            );
+        }
+    }
+
     // 1. Files in tasks/, the root and agents/.
     for dir in [
         root.clone(),

@@ -320,6 +320,8 @@ fn load_checkpoint(c: &Coordination) -> Option<Checkpoint> {
 /// # Errors
 /// I/O errors reading `tasks/` or the event log.
 pub fn collect(c: &Coordination) -> Result<Metrics> {
+    // Before `tasks/` is read: see `count_archived`.
+    let archived = c.count_archived()?;
     let status = c.status()?;
     let now = c.now();
     let now_ms = now.timestamp_millis();
@@ -359,7 +361,7 @@ pub fn collect(c: &Coordination) -> Result<Metrics> {
             .map(|(k, v)| (k.clone(), *v as u64))
             .collect(),
         ready: status.ready as u64,
-        archived: c.count_archived()?,
+        archived,
         active_agents: status.agents.len() as u64,
         completed_last_minute: fold.completed_within(now_ms, 60_000),
         completed_last_hour: fold.completed_within(now_ms, 3_600_000),

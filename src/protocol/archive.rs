@@ -143,24 +143,43 @@ impl Coordination {
         crate::protocol::fsroot::symlink_metadata(&self.layout.archived_task(id)).is_ok()
     }
 
-    /// The number of archived tasks: the `<id>.json` names in `archive/`
-    /// (`spec` 18), leaving out a task whose file is also still in `tasks/`
-    /// (an archive interrupted by a crash, 18.2), as
-    /// [`Coordination::for_each_archived`] does. Names only: no file is
-    /// read, so this stays cheap however large the archive grows. 0 when
-    /// `archive/` does not exist.
+    /// The number of archived tasks: the regular files named `<id>.json`
+    /// in `archive/` (`spec` 18, 16.2), leaving out a task whose file is
+    /// also still in `tasks/` (an archive interrupted by a crash, 18.2), as
+    /// [`Coordination::for_each_archived`] does. Names and kinds only: no
+    /// file is read, so this stays cheap however large the archive grows.
+    /// 0 when `archive/` does not exist. A caller that also lists `tasks/`
+    /// counts first: archived tasks never return, so a task moving in
+    /// between is then missed once rather than counted twice.
     ///
     /// # Errors
-    /// [`Error::Io`] when `archive/` exists but cannot be listed.
+    /// [`Error::Corrupt`] when `archive/` is not a directory (`spec` 2);
+    /// [`Error::Io`] when it cannot be listed.
     pub fn count_archived(&self) -> Result<u64> {
+        use crate::protocol::fsroot::EntryKind;
         let dir = self.layout.archive_dir();
-        if !crate::protocol::fsroot::exists(&dir) {
-            return Ok(0);
+        match crate::protocol::fsroot::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::corrupt(
+                    &dir,
+                    "is not a directory; move it away (`orchestrate doctor` names it)",
+                ))
+            }
+            Ok(_) => {}
         }
         let names = crate::protocol::fsroot::read_dir(&dir)
             .map_err(|e| Error::io("list directory", &dir, e))?;
         Ok(names
             .iter()
+            .filter(|(name, kind)| match kind {
+                EntryKind::File => true,
+                // No `d_type` from this file system: ask the inode.
+                EntryKind::Unknown => crate::protocol::fsroot::symlink_metadata(&dir.join(name))
+                    .is_ok_and(|m| m.is_file()),
+                _ => false,
+            })
             .filter_map(|(name, _)| name.to_str()?.strip_suffix(".json"))
             .filter_map(|stem| TaskId::new(stem).ok())
             .filter(|id| crate::protocol::fsroot::symlink_metadata(&self.layout.task(id)).is_err())

@@ -305,8 +305,15 @@ impl Coordination {
         let layout = Layout::new(std::path::absolute(&dir).unwrap_or(dir));
         // The directory itself may be a symlink (to shared storage); only
         // what is inside it must not be.
-        let made_root = !layout.root().exists();
-        if made_root {
+        // The directories this call makes (the root and any missing
+        // parents), deepest first, to remove again if the root is refused.
+        let made: Vec<PathBuf> = layout
+            .root()
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        if !made.is_empty() {
             store::create_dir(layout.root())?;
         }
         let mode_before = std::fs::metadata(layout.root())
@@ -321,12 +328,14 @@ impl Coordination {
         };
         // The check `open` makes below, made before anything is written:
         // a directory we would then refuse is left as it was (spec 4.7),
-        // and one this call made is removed again. (A group-shared
+        // and those this call made are removed again. (A group-shared
         // directory can be refused: it inherits its group from a setgid
         // parent, and the user need not be in that group.)
         if let Err(e) = shared.and_then(|()| crate::protocol::trust::check(layout.root())) {
-            if made_root {
-                let _ = std::fs::remove_dir(layout.root());
+            if !made.is_empty() {
+                for d in &made {
+                    let _ = std::fs::remove_dir(d);
+                }
             } else if let Some(p) = mode_before {
                 let _ = std::fs::set_permissions(layout.root(), p);
             }

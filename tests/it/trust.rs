@@ -484,6 +484,9 @@ fn init_refuses_a_directory_it_would_not_trust_before_writing_anything() {
         );
     };
     refused(&gs, &[]);
+    // Missing parents it made for the directory go too.
+    refused(&gs, &["--dir".as_ref(), "np1/np2/.coordination".as_ref()]);
+    assert!(!gs.join("np1").exists(), "init left the parents it made");
     // The directory this call made is gone again: nothing changed on disk.
     assert!(
         !gs.join(".coordination").exists(),

@@ -203,6 +203,7 @@ fn metrics_match_a_scripted_history_and_pass_the_real_parser() {
     std::fs::rename(&archive, &tmp).unwrap();
     std::fs::write(&archive, "not a directory").unwrap();
     e.cmd().args(["metrics"]).assert().code(65);
+    e.cmd().args(["create-task", "later"]).assert().code(65);
     // doctor says so, and --fix moves it to quarantine/.
     let out = e.cmd().args(["doctor", "--json"]).assert().code(65);
     let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();

@@ -352,8 +352,8 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         );
     }
 
-    // 0e. archive/ that is not a directory: `metrics` (65), `list
-    // --archived` and `archive` (74) stop on it.
+    // 0e. archive/ that is not a directory: every mutation's recovery
+    // (18.2) and `metrics` refuse to run (65).
     let archive = c.layout().archive_dir();
     if let Ok(m) = crate::protocol::fsroot::symlink_metadata(&archive) {
         if !m.is_dir() {
@@ -365,8 +365,8 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
                 },
                 Severity::Error,
                 &rel(&root, &archive),
-                "not a directory, where archive/ belongs: metrics, list --archived \
-                 and archive cannot run"
+                "not a directory, where archive/ belongs: every mutation refuses \
+                 to run (exit 65)"
                     .to_string(),
                 "move it to quarantine/ (the next archive creates the directory again)",
                 true,

@@ -164,7 +164,7 @@ impl Coordination {
             Ok(m) if !m.is_dir() => {
                 return Err(Error::corrupt(
                     &dir,
-                    "is not a directory; move it away (`orchestrate doctor` names it)",
+                    "is not a directory; `orchestrate doctor --fix` moves it to quarantine/",
                 ))
             }
             Ok(_) => {}
@@ -336,6 +336,12 @@ impl Txn<'_> {
         let bytes = match store::read_bytes(&p) {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(()),
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(Error::corrupt(
+                    layout.archive_dir(),
+                    "is not a directory; `orchestrate doctor --fix` moves it to quarantine/",
+                ))
+            }
             Err(Error::Corrupt { reason, .. }) => {
                 tracing::warn!(path = %p.display(), %reason, "removing an archive intent that is not ours");
                 if crate::protocol::fsroot::remove_file(&p).is_err() {

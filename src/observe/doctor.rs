@@ -319,22 +319,39 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
         }
     }
 
-    // 0d. The files every mutation opens by name: anything but a regular
-    // file there (a directory, a FIFO, a symlink) stops every write with
-    // exit 65, so it is an error here too.
-    for path in [log_path.clone(), c.layout().clock(), c.layout().events()] {
+    // 0d. The files every mutation opens by name, and archive/ (whose
+    // intent every mutation's recovery reads, 18.2): anything else there
+    // (a directory, a FIFO, a symlink, a file) stops every write with exit
+    // 65, so it is an error here too.
+    let archive = c.layout().archive_dir();
+    for (path, dir) in [
+        (log_path.clone(), false),
+        (c.layout().clock(), false),
+        (c.layout().events(), false),
+        (archive, true),
+    ] {
         let Ok(m) = crate::protocol::fsroot::symlink_metadata(&path) else {
             continue;
         };
-        if m.is_file() {
+        if (dir && m.is_dir()) || (!dir && m.is_file()) {
             continue;
         }
         let what = if m.is_symlink() {
             "a symlink"
         } else if m.is_dir() {
             "a directory"
+        } else if dir {
+            "a file"
         } else {
             "not a regular file"
+        };
+        let (belongs, again) = if dir {
+            (
+                "a directory",
+                "the next archive creates the directory again",
+            )
+        } else {
+            ("a regular file", "the next mutation creates the file again")
         };
         col.add(
             if m.is_symlink() {
@@ -344,34 +361,10 @@ fn scan(c: &Coordination) -> Result<(Collector, usize)> {
             },
             Severity::Error,
             &rel(&root, &path),
-            format!(
-                "{what}, where a regular file belongs: every mutation refuses to run (exit 65)"
-            ),
-            "move it to quarantine/ (the next mutation creates the file again)",
+            format!("{what}, where {belongs} belongs: every mutation refuses to run (exit 65)"),
+            &format!("move it to quarantine/ ({again})"),
             true,
         );
-    }
-
-    // 0e. archive/ that is not a directory: every mutation's recovery
-    // (18.2) and `metrics` refuse to run (65).
-    let archive = c.layout().archive_dir();
-    if let Ok(m) = crate::protocol::fsroot::symlink_metadata(&archive) {
-        if !m.is_dir() {
-            col.add(
-                if m.is_symlink() {
-                    "symlink"
-                } else {
-                    "stray_file"
-                },
-                Severity::Error,
-                &rel(&root, &archive),
-                "not a directory, where archive/ belongs: every mutation refuses \
-                 to run (exit 65)"
-                    .to_string(),
-                "move it to quarantine/ (the next archive creates the directory again)",
-                true,
-            );
-        }
     }
 
     // 1. Files in tasks/, the root and agents/.
